@@ -1,0 +1,53 @@
+"""The wire form of kernel messages: one tagged union the transports decode.
+
+Every protocol message any component may send is listed in ``WIRE_TYPES``; a
+frame naming any other type is rejected by the decoder, before it reaches a
+kernel. ``Envelope`` is what crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from shoal.kernel.gcs import protocol as gcs
+from shoal.kernel.messages import Address, Msg, Rejected
+
+WIRE_TYPES: tuple[type[Msg], ...] = (
+    Rejected,
+    gcs.RegisterNode, gcs.NodeRegistered, gcs.Heartbeat, gcs.NodeDeclaredDead,
+    gcs.UnregisterNode, gcs.SubscribeNodes, gcs.NodeTableUpdate,
+    gcs.KvPut, gcs.KvPutReply, gcs.KvGet, gcs.KvGetReply, gcs.KvDelete, gcs.KvDeleteReply,
+    gcs.KvList, gcs.KvListReply, gcs.KvExists, gcs.KvExistsReply,
+)
+
+WireMessage = Union[WIRE_TYPES]  # type: ignore[valid-type]
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    src: Address
+    dst: Address
+    msg: WireMessage  # type: ignore[valid-type]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Envelope)
+_batch_decoder = msgspec.msgpack.Decoder(list[Envelope])
+
+
+def encode(envelope: Envelope) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode(frame: bytes) -> Envelope:
+    """Decodes one envelope; raises ``msgspec.DecodeError``/``ValidationError`` if bad."""
+    return _decoder.decode(frame)
+
+
+def encode_batch(envelopes: list[Envelope]) -> bytes:
+    return _encoder.encode(envelopes)
+
+
+def decode_batch(frame: bytes) -> list[Envelope]:
+    return _batch_decoder.decode(frame)
