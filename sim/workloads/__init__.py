@@ -1,0 +1,21 @@
+"""Workloads for ``shoal sim run``: each builds a cluster, drives it, and checks it."""
+
+from __future__ import annotations
+
+from random import Random
+from typing import Any
+
+WORKLOADS = ("membership",)
+
+
+class UnknownWorkload(ValueError):
+    pass
+
+
+def make_workload(name: str, rng: Random) -> Any:
+    """Returns a fresh workload by name; raises ``UnknownWorkload`` listing valid names."""
+    if name == "membership":
+        from shoal.sim.workloads.membership import MembershipWorkload
+        return MembershipWorkload(rng)
+    raise UnknownWorkload(
+        f"unknown workload {name!r}; choose one of: {', '.join(WORKLOADS)}")
