@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from shoal.kernel.ids import NodeId, TimeNs
+from shoal.kernel.ids import NodeId, Seq, TimeNs
 
 Component = Literal["gcs", "raylet", "worker", "driver"]
 
@@ -105,3 +105,4 @@ class Rejected(Msg):
 
     request_type: str
     reason: str
+    request_id: Seq = 0  # the id of the refused request, where it had one

@@ -111,6 +111,14 @@ class Engine:
         proc.timers.clear()
         self.trace.note(self.now, "crash", str(address))
 
+    def inject(self, address: Address, event: Msg) -> bool:
+        """Hands a host input (not a network message) to a live process now."""
+        proc = self.processes.get(address)
+        if proc is None or proc.kernel is None:
+            return False
+        self._step(proc, event)
+        return True
+
     # --- scheduling ------------------------------------------------------
 
     def _push(self, at_ns: int, kind: int, a: Any, b: Any, c: Any) -> None:

@@ -112,7 +112,7 @@ class ClusterSim:
         self.engine.stop()
 
 
-def run_simulation(config: RunConfig) -> RunResult:
+def run_simulation(config: RunConfig, workload: Workload | None = None) -> RunResult:
     """Runs one seeded simulation and returns what happened."""
     from shoal.sim.workloads import make_workload
 
@@ -121,7 +121,7 @@ def run_simulation(config: RunConfig) -> RunResult:
     root = Random(config.seed)
     net_rng, fault_rng, bug_rng, work_rng = (Random(root.getrandbits(64)) for _ in range(4))
     engine = Engine(root, Network(rng=net_rng, model=LinkModel()), Trace(), check=config.check)
-    workload = make_workload(config.workload, work_rng)
+    workload = workload or make_workload(config.workload, work_rng)
     safety_ns = int(config.until_s * NANOS_PER_SECOND)
     plan = FaultPlan(profile=profile.name)
     sim = ClusterSim(config, engine, bug_rng, buggify_on=profile.buggify)
@@ -182,6 +182,8 @@ def _fault_starter(sim: ClusterSim, index: int, event: FaultEvent) -> Any:
 
 def _run_liveness(sim: ClusterSim, workload: Workload, config: RunConfig) -> None:
     engine = sim.engine
+    if workload.done():
+        return
     engine.network.heal()
     for source in sim.buggify_sources:
         source.enabled = False

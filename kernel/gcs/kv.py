@@ -62,7 +62,8 @@ class InternalKv:
     def on_request(self, src: Address, msg: KvRequest) -> list[Msg]:
         rejection = self._validate(msg)
         if rejection:
-            return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=rejection))]
+            return [Send(dst=src, msg=Rejected(
+                request_type=type(msg).__name__, reason=rejection, request_id=msg.request_id))]
         match msg:
             case KvPut():
                 return self._put(src, msg)

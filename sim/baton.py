@@ -1,0 +1,152 @@
+"""Baton-threaded user code: real threads that take turns with the event loop.
+
+User code (a driver's ``main``, later task bodies and actor methods) is ordinary
+blocking Python. Each piece runs in its own thread, but only the holder of the
+baton runs: the loop hands the baton to a thread and waits; the thread runs
+until it blocks on a ``SimFuture`` (a ``get``, a ``sleep`` on shoal's clock) or
+finishes, and then hands the baton back. Exactly one thread runs at any
+moment, so a run is as deterministic as the event loop that schedules the
+turns, and unmodified blocking programs run under simulation.
+
+When a simulation ends, threads still blocked are resumed with ``killed`` set;
+their blocking call raises ``SimulationExit`` (a ``BaseException``) so they
+unwind, and the loop joins them: no thread outlives its simulation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from shoal.sim.engine import Engine
+
+_local = threading.local()
+
+
+class SimulationExit(BaseException):
+    """Raised inside user code blocked when its simulation ends; never catch it."""
+
+
+class NotInSimulation(RuntimeError):
+    """A simulation-only call was made outside a simulation's user thread."""
+
+
+class SimFuture:
+    """A value that the event loop will supply to blocked user threads."""
+
+    __slots__ = ("done", "value", "error", "_waiters")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._waiters: list[UserThread] = []
+
+
+class UserThread:
+    """One thread of user code and its turn-taking state."""
+
+    def __init__(self, baton: Baton, fn: Callable[[], Any], name: str) -> None:
+        self.baton = baton
+        self.name = name
+        self.turn = threading.Semaphore(0)
+        self.finished = False
+        self.killed = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._fn = fn
+        self.thread = threading.Thread(target=self._body, name=f"shoal-sim-{name}", daemon=True)
+
+    def _body(self) -> None:
+        self.turn.acquire()
+        _local.thread = self
+        try:
+            if not self.killed:
+                self.result = self._fn()
+        except SimulationExit:
+            pass
+        except BaseException as exc:  # reported to whoever waits for this thread
+            self.error = exc
+        finally:
+            self.finished = True
+            self.baton.loop_turn.release()
+
+
+class Baton:
+    """Schedules user threads as events of an ``Engine``, one at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.loop_turn = threading.Semaphore(0)
+        self.threads: list[UserThread] = []
+        self.on_finished: list[Callable[[UserThread], None]] = []
+
+    def spawn(self, fn: Callable[[], Any], name: str) -> UserThread:
+        """Starts ``fn`` in a user thread at the current virtual time."""
+        thread = UserThread(self, fn, name)
+        self.threads.append(thread)
+        thread.thread.start()
+        self.engine.call_at(self.engine.now, lambda: self._resume(thread))
+        return thread
+
+    def _resume(self, thread: UserThread) -> None:
+        if thread.finished:
+            return
+        thread.turn.release()
+        self.loop_turn.acquire()  # until the thread blocks or finishes
+        if thread.finished:
+            for callback in self.on_finished:
+                callback(thread)
+
+    # --- called from user threads ----------------------------------------
+
+    def block(self, future: SimFuture) -> Any:
+        """Hands the baton back until ``future`` resolves; returns its value or raises."""
+        thread = current_thread()
+        if thread.killed:
+            raise SimulationExit()
+        if not future.done:
+            future._waiters.append(thread)
+            self.loop_turn.release()
+            thread.turn.acquire()
+            if thread.killed:
+                raise SimulationExit()
+        if future.error is not None:
+            raise future.error
+        return future.value
+
+    # --- called from the loop --------------------------------------------
+
+    def resolve(self, future: SimFuture, value: Any = None, error: BaseException | None = None) -> None:
+        """Completes ``future`` and schedules every thread blocked on it, in blocking order."""
+        if future.done:
+            return
+        future.done, future.value, future.error = True, value, error
+        for thread in future._waiters:
+            self.engine.call_at(self.engine.now, lambda t=thread: self._resume(t))
+        future._waiters.clear()
+
+    def sleep_future(self, seconds: float) -> SimFuture:
+        future = SimFuture()
+        delay_ns = max(0, int(seconds * 1_000_000_000))
+        self.engine.call_at(self.engine.now + delay_ns, lambda: self.resolve(future))
+        return future
+
+    def shutdown(self) -> None:
+        """Unwinds every unfinished thread and joins all of them."""
+        for thread in self.threads:
+            if not thread.finished:
+                thread.killed = True
+                thread.turn.release()
+                self.loop_turn.acquire()
+        for thread in self.threads:
+            thread.thread.join()
+
+
+def current_thread() -> UserThread:
+    thread = getattr(_local, "thread", None)
+    if thread is None:
+        raise NotInSimulation(
+            "this call only works inside a program run by shoal.sim.Simulation(...).run(main)")
+    return thread
