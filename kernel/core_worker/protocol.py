@@ -1,0 +1,166 @@
+"""Messages between core workers (owners, executors, borrowers) and their host interface.
+
+Owner -> executor: ``PushTask`` runs one task on a leased worker; the worker
+answers ``TaskDone``. Both sides tolerate loss: the owner re-pushes on a timer,
+and the worker dedupes by ``(task_id, attempt)``, answering a re-push of a
+finished task with its cached ``TaskDone``. ``CancelTask`` interrupts a task.
+
+Object resolution: anyone holding a ref asks its owner with ``GetObject``; the
+owner answers ``ObjectStatus`` once the object exists (inline bytes, the nodes
+that hold it, or an error). A borrower tells the owner it no longer holds a ref
+with ``RefReleased``.
+
+Host interface: the inputs are requests from user code (submit, put, get, wait,
+ref counts, cancel) and reports of user code having run (``TaskExecuted``);
+the effects are answers to user code (``GetCompleted``...) and requests to run
+user code (``ExecuteTask``, ``InterruptTask``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from shoal.kernel.ids import Count, NodeId, ObjectId, Seq, TaskId, TimeNs
+from shoal.kernel.messages import Msg
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+
+ErrorKind = Literal[
+    "task_error",  # the user's function raised; ``data`` holds the pickled exception
+    "worker_crashed",
+    "task_cancelled",
+    "object_lost",
+    "owner_died",
+    "get_timeout",
+    "node_died",
+    "infeasible",
+]
+
+
+class ObjectError(Msg):
+    """Why an object has no value; the API turns it into the matching exception."""
+
+    kind: ErrorKind
+    message: str
+    data: bytes = b""  # the pickled user exception for ``task_error``
+
+
+class ObjectResult(Msg):
+    """One object's outcome as the owner reports it."""
+
+    object_id: ObjectId
+    value: Payload | None = None
+    error: ObjectError | None = None
+
+
+# --- owner <-> executor ----------------------------------------------------
+
+
+class PushTask(Msg):
+    lease_id: str
+    spec: TaskSpec
+    function: bytes = b""  # sent with the first task of a function on a lease
+
+
+class TaskDone(Msg):
+    task_id: TaskId
+    attempt: Count
+    results: tuple[ObjectResult, ...]
+    retryable_error: bool = False  # the error may be retried under retry_exceptions
+    borrowed: tuple[ObjectRefInfo, ...] = ()  # refs the worker still holds for the owner
+
+
+class CancelTask(Msg):
+    task_id: TaskId
+    force: bool = False
+
+
+# --- object resolution -----------------------------------------------------
+
+
+class GetObject(Msg):
+    object_id: ObjectId
+
+
+class ObjectStatus(Msg):
+    result: ObjectResult
+    locations: tuple[NodeId, ...] = ()
+
+
+class RefReleased(Msg):
+    object_id: ObjectId
+
+
+# --- host inputs: requests from user code ------------------------------------
+
+
+class TaskSubmitted(Msg):
+    spec: TaskSpec
+
+
+class ObjectPut(Msg):
+    object_id: ObjectId
+    value: Payload
+
+
+class GetRequested(Msg):
+    call_id: Seq
+    object_ids: tuple[ObjectId, ...]
+    owners: tuple[ObjectRefInfo, ...] = ()  # for refs this process does not own
+    timeout_ns: TimeNs | None = None
+
+
+class WaitRequested(Msg):
+    call_id: Seq
+    refs: tuple[ObjectRefInfo, ...]
+    num_returns: Count
+    timeout_ns: TimeNs | None = None
+    fetch_local: bool = True
+
+
+class RefsChanged(Msg):
+    """Local ObjectRef instances were created (+1) or dropped (-1), per object."""
+
+    deltas: tuple[tuple[ObjectRefInfo, int], ...]
+
+
+class CancelRequested(Msg):
+    object_id: ObjectId
+    force: bool = False
+
+
+class TaskExecuted(Msg):
+    """The host ran a task's user code; ``results`` are the return values or errors."""
+
+    task_id: TaskId
+    attempt: Count
+    results: tuple[ObjectResult, ...]
+    retryable_error: bool = False
+    borrowed: tuple[ObjectRefInfo, ...] = ()
+
+
+# --- host effects: answers to user code --------------------------------------
+
+
+class GetCompleted(Msg):
+    call_id: Seq
+    results: tuple[ObjectResult, ...]
+
+
+class WaitCompleted(Msg):
+    call_id: Seq
+    ready: tuple[ObjectId, ...]
+
+
+class ExecuteTask(Msg):
+    """Run the user function of ``spec`` with resolved top-level ``args``."""
+
+    spec: TaskSpec
+    args: tuple[Payload, ...]
+    function: bytes
+
+
+class InterruptTask(Msg):
+    """Raise ``TaskCancelledError`` in the running task (or kill the worker if ``force``)."""
+
+    task_id: TaskId
+    force: bool
