@@ -59,6 +59,14 @@ class PushTask(Msg):
     lease_id: str
     spec: TaskSpec
     function: bytes = b""  # sent with the first task of a function on a lease
+    resolved: tuple[Payload | None, ...] = ()  # per arg: the owner's inline value of a ref arg
+
+
+class TaskRunning(Msg):
+    """The worker is still running this task (its answer to a re-push)."""
+
+    task_id: TaskId
+    attempt: Count
 
 
 class TaskDone(Msg):
@@ -95,6 +103,7 @@ class RefReleased(Msg):
 
 class TaskSubmitted(Msg):
     spec: TaskSpec
+    function: bytes = b""  # the pickled function, pushed with its first task on each lease
 
 
 class ObjectPut(Msg):
@@ -104,8 +113,7 @@ class ObjectPut(Msg):
 
 class GetRequested(Msg):
     call_id: Seq
-    object_ids: tuple[ObjectId, ...]
-    owners: tuple[ObjectRefInfo, ...] = ()  # for refs this process does not own
+    refs: tuple[ObjectRefInfo, ...]
     timeout_ns: TimeNs | None = None
 
 

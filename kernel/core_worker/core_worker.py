@@ -1,0 +1,223 @@
+"""The core worker: one per driver and per worker process.
+
+Theory of operation
+-------------------
+The core worker is the process's link to the cluster, built from sub-machines
+behind one ``handle`` entry:
+
+* ``ObjectTable`` (``objects.py``): owned and borrowed objects, reference
+  counts, the inline memory store, fetches from owners.
+* ``CallTable`` (``calls.py``): user ``get``/``wait`` calls and their timeouts.
+* ``Submitter`` (``submitter.py``): tasks this process owns, worker leases,
+  pushes, retries, cancels.
+* ``Executor`` (``executor.py``): tasks pushed to this process (workers only).
+* ``GcsClient`` (``gcs_client.py``): the node table (to notice dead nodes) and KV.
+
+Inputs: ``Started``, ``Received``, ``TimerFired``, and host inputs from user
+code (``TaskSubmitted``, ``ObjectPut``, ``GetRequested``, ``WaitRequested``,
+``RefsChanged``, ``CancelRequested``, ``TaskExecuted``, ``KvCallRequested``).
+Effects: ``Send``, timers, and host effects (``GetCompleted``,
+``WaitCompleted``, ``ExecuteTask``, ``InterruptTask``, ``CallCompleted``).
+
+After each input, every object that completed is announced to the calls, the
+submitter (task arguments) and the executor, until nothing more completes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.kernel.core_worker.calls import CALL_TIMER_PREFIX, CallTable
+from shoal.kernel.core_worker.executor import Executor
+from shoal.kernel.core_worker.objects import FETCH_TIMER_PREFIX, ObjectTable
+from shoal.kernel.core_worker.protocol import (
+    CancelRequested,
+    CancelTask,
+    GetObject,
+    GetRequested,
+    ObjectPut,
+    ObjectResult,
+    ObjectStatus,
+    PushTask,
+    RefReleased,
+    RefsChanged,
+    TaskDone,
+    TaskExecuted,
+    TaskRunning,
+    TaskSubmitted,
+    WaitRequested,
+)
+from shoal.kernel.core_worker.submitter import (
+    LEASE_TIMER_PREFIX,
+    PUSH_TIMER_PREFIX,
+    RETURN_TIMER_PREFIX,
+    Submitter,
+    SubmitterConfig,
+)
+from shoal.kernel.gcs.protocol import NodeTableUpdate
+from shoal.kernel.gcs_client import POLL_TIMER, GcsClient, GcsClientConfig, KvCallRequested
+from shoal.kernel.ids import NANOS_PER_MILLI, Nanos, NodeId, TaskId, WorkerId
+from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, Started, TimerFired
+from shoal.kernel.raylet.protocol import (
+    LeasedWorkerDied,
+    LeaseGranted,
+    LeaseRejected,
+    LeaseSpillback,
+    RegisterWorker,
+    ReturnWorkerAck,
+)
+from shoal.kernel.task_spec import ObjectRefInfo
+
+CoreWorkerInput = (
+    Started | Received | TimerFired | TaskSubmitted | ObjectPut | GetRequested | WaitRequested
+    | RefsChanged | CancelRequested | TaskExecuted | KvCallRequested
+)
+
+
+class CoreWorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    submitter: SubmitterConfig = msgspec.field(default_factory=SubmitterConfig)
+    gcs_client: GcsClientConfig = msgspec.field(default_factory=GcsClientConfig)
+    fetch_retry_ns: Nanos = 500 * NANOS_PER_MILLI
+
+
+class CoreWorker:
+    """The core worker kernel. ``handle`` is its only entry point."""
+
+    def __init__(self, address: Address, *, raylet: Address, gcs: Address,
+                 config: CoreWorkerConfig | None = None) -> None:
+        self.address = address
+        self.config = config or CoreWorkerConfig()
+        self.raylet = raylet
+        self.objects = ObjectTable(address, self.config.fetch_retry_ns)
+        self.calls = CallTable(address, raylet, self.objects)
+        self.submitter = Submitter(address, raylet, self.objects, self.config.submitter)
+        self.executor = Executor(address, self.objects)
+        self.gcs_client = GcsClient(gcs, self.config.gcs_client)
+        self._dead_nodes: dict[NodeId, None] = {}
+
+    def handle(self, event: CoreWorkerInput, *, now: Nanos) -> list[Msg]:
+        """Feeds one input to the core worker and returns the effects, in order."""
+        effects = self._dispatch(event, now)
+        return effects + self._announce_completions(now)
+
+    def _dispatch(self, event: CoreWorkerInput, now: Nanos) -> list[Msg]:
+        match event:
+            case Received():
+                return self._on_received(event.src, event.msg, now)
+            case TimerFired():
+                return self._on_timer(event, now)
+            case TaskSubmitted():
+                return self.submitter.submit(event.spec, event.function, now)
+            case ObjectPut():
+                return self._on_put(event)
+            case GetRequested():
+                return self.calls.on_get(event, now)
+            case WaitRequested():
+                return self.calls.on_wait(event, now)
+            case RefsChanged():
+                return [e for info, delta in event.deltas
+                        for e in self.objects.change_local(info, delta)]
+            case CancelRequested():
+                return self.submitter.cancel(event.object_id, event.force)
+            case TaskExecuted():
+                return self.executor.on_executed(event, now)
+            case KvCallRequested():
+                return self.gcs_client.handle(event, now=now)
+            case Started():
+                return self._on_started(now)
+        return []
+
+    def _on_started(self, now: Nanos) -> list[Msg]:
+        effects = self.gcs_client.handle(Started(), now=now)
+        if self.address.component == "worker":
+            effects.append(Send(dst=self.raylet, msg=RegisterWorker(
+                worker_id=WorkerId(self.address.worker))))
+        return effects
+
+    def _on_put(self, event: ObjectPut) -> list[Msg]:
+        info = ObjectRefInfo(object_id=event.object_id, owner=self.address)
+        self.objects.add_owned_pending(event.object_id)
+        effects = self.objects.change_local(info, +1)  # the put's own ref, released below
+        effects += self.objects.store(ObjectResult(object_id=event.object_id, value=event.value))
+        return effects + self.objects.change_local(info, -1)
+
+    def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
+        s = self.submitter
+        match msg:
+            case TaskDone():
+                return s.on_task_done(src, msg, now)
+            case PushTask():
+                return self.executor.on_push(src, msg, now)
+            case GetObject():
+                return self.objects.on_get_object(src, msg)
+            case ObjectStatus():
+                return self.objects.on_object_status(msg)
+            case LeaseGranted():
+                return s.on_lease_granted(src, msg, now)
+            case TaskRunning():
+                return s.on_task_running(msg)
+            case ReturnWorkerAck():
+                return s.on_return_ack(msg)
+            case LeaseSpillback():
+                return s.on_spillback(src, msg, now)
+            case LeaseRejected():
+                return s.on_lease_rejected(src, msg, now)
+            case LeasedWorkerDied():
+                return s.on_worker_died(msg, now)
+            case RefReleased():
+                return self.objects.on_ref_released(src, msg)
+            case CancelTask():
+                return self.executor.on_cancel(src, msg)
+            case NodeTableUpdate():
+                return self._on_node_table(msg, now)
+            case Rejected():
+                return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
+        if type(msg).__name__.startswith("Kv"):
+            return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
+        reason = (f"core worker {self.address}: does not serve {type(msg).__name__} messages; "
+                  "send it to the component that owns it")
+        return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=reason))]
+
+    def _on_node_table(self, msg: NodeTableUpdate, now: Nanos) -> list[Msg]:
+        self.gcs_client.handle(Received(src=self.gcs_client.gcs, msg=msg), now=now)
+        newly_dead = {
+            info.node_id for info in self.gcs_client.view.nodes.values()
+            if info.state == "dead" and info.node_id not in self._dead_nodes
+        }
+        if not newly_dead:
+            return []
+        for node_id in sorted(newly_dead):
+            self._dead_nodes[node_id] = None
+        effects = self.submitter.on_nodes_dead(newly_dead, now)
+        return effects + self.calls.fail_objects(self.objects.fail_owned_by(newly_dead))
+
+    def _on_timer(self, event: TimerFired, now: Nanos) -> list[Msg]:
+        key = event.key
+        if key.startswith(PUSH_TIMER_PREFIX):
+            return self.submitter.on_push_timer(TaskId(key[len(PUSH_TIMER_PREFIX):]), now)
+        if key.startswith(LEASE_TIMER_PREFIX):
+            return self.submitter.on_lease_timer(int(key[len(LEASE_TIMER_PREFIX):]), now)
+        if key.startswith(RETURN_TIMER_PREFIX):
+            return self.submitter.on_return_timer(key[len(RETURN_TIMER_PREFIX):], now)
+        if key.startswith(FETCH_TIMER_PREFIX):
+            return self.objects.on_fetch_timer(key[len(FETCH_TIMER_PREFIX):], now)  # type: ignore[arg-type]
+        if key.startswith(CALL_TIMER_PREFIX):
+            return self.calls.on_timeout(int(key[len(CALL_TIMER_PREFIX):]))
+        if key == POLL_TIMER or key.startswith("gcs_client."):
+            return self.gcs_client.handle(event, now=now)
+        return []
+
+    def _announce_completions(self, now: Nanos) -> list[Msg]:
+        effects: list[Msg] = []
+        while self.objects.completed:
+            object_id = self.objects.completed.pop(0)
+            effects += self.calls.on_object_done(object_id)
+            effects += self.submitter.on_object_done(object_id, now)
+            effects += self.executor.on_object_done(object_id)
+        return effects
+
+    def check_invariants(self) -> None:
+        """Raises ``InvariantViolation`` if the sub-machines disagree."""
+        self.objects.check_invariants()
+        self.submitter.check_invariants()
+        self.gcs_client.check_invariants()

@@ -1,0 +1,291 @@
+"""The core worker's object table: ownership, reference counts, values, and fetches.
+
+Theory of operation
+-------------------
+Every object this process knows about has one ``_Ref`` row, keyed by object id.
+A row is *owned* when this process is the object's owner (it submitted the task
+that returns it, or ``put`` it), else *borrowed*.
+
+An owned row is ``PENDING`` until its task finishes, then ``READY`` (with the
+value, inline in this memory store) or ``FAILED`` (with the error). It stays
+while anything references it:
+
+* ``local``: live ``ObjectRef`` instances in this process (``RefsChanged``),
+* ``tasks``: submitted tasks that take it as an argument (top level or nested),
+* ``borrowers``: other processes that hold it past the task that gave it them,
+* ``contained``: owned values that hold a ref to it inside them.
+
+When all four are zero and it is not pending, the row is freed, and refs nested
+in its value are released in turn. A borrowed row counts the same things
+(without borrowers); when they reach zero it is dropped, and if the owner had
+registered this process as a borrower, ``RefReleased`` tells it so.
+
+Values of borrowed objects are fetched from the owner with ``GetObject``,
+retried every ``fetch_retry_ns`` until an ``ObjectStatus`` arrives (or the
+owner's node is declared dead: ``owner_died``). The owner answers a
+``GetObject`` at once if the object is done, else when it completes; about an
+object it has no row for, it answers ``object_lost`` (freed, or never existed).
+
+This table decides nothing about tasks; it reports completions to the core
+worker, which wakes whoever waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from shoal.kernel.core_worker.protocol import GetObject, ObjectError, ObjectResult, ObjectStatus, RefReleased
+from shoal.kernel.errors import InvalidTransition, InvariantViolation
+from shoal.kernel.ids import Nanos, NodeId, ObjectId
+from shoal.kernel.messages import Address, CancelTimer, Msg, Send, SetTimer
+from shoal.kernel.task_spec import ObjectRefInfo
+
+FETCH_TIMER_PREFIX = "obj.fetch."
+
+
+class ObjPhase(Enum):
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+
+
+_TRANSITIONS: dict[tuple[ObjPhase, ObjPhase], str] = {
+    (ObjPhase.PENDING, ObjPhase.READY): "value stored",
+    (ObjPhase.PENDING, ObjPhase.FAILED): "error stored",
+    # Lineage reconstruction sends a lost object back to pending.
+    (ObjPhase.READY, ObjPhase.PENDING): "reconstructing",
+    (ObjPhase.FAILED, ObjPhase.PENDING): "retrying",
+}
+
+
+@dataclass(slots=True, eq=False)
+class _Ref:
+    object_id: ObjectId
+    owner: Address
+    owned: bool
+    phase: ObjPhase = ObjPhase.PENDING
+    result: ObjectResult | None = None
+    local: int = 0
+    tasks: int = 0
+    contained: int = 0
+    borrowers: dict[Address, None] = field(default_factory=dict)
+    registered_borrower: bool = False  # borrowed: the owner counts us among its borrowers
+    fetching: bool = False
+    remote_waiters: dict[Address, None] = field(default_factory=dict)
+
+    def referenced(self) -> bool:
+        return bool(self.local or self.tasks or self.contained or self.borrowers)
+
+
+class ObjectTable:
+    """Refs, counts and values of one process. A sub-machine of ``CoreWorker``."""
+
+    def __init__(self, me: Address, fetch_retry_ns: Nanos) -> None:
+        self.me = me
+        self._fetch_retry_ns = fetch_retry_ns
+        self._refs: dict[ObjectId, _Ref] = {}
+        self.freed = 0
+        # Objects that became done, for the core worker to announce to waiters.
+        self.completed: list[ObjectId] = []
+
+    # --- introspection ---------------------------------------------------
+
+    def __contains__(self, object_id: ObjectId) -> bool:
+        return object_id in self._refs
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def result(self, object_id: ObjectId) -> ObjectResult | None:
+        ref = self._refs.get(object_id)
+        return ref.result if ref is not None and ref.phase is not ObjPhase.PENDING else None
+
+    def owned_ids(self) -> list[ObjectId]:
+        return [oid for oid, ref in self._refs.items() if ref.owned]
+
+    def owner_of(self, object_id: ObjectId) -> Address | None:
+        ref = self._refs.get(object_id)
+        return ref.owner if ref else None
+
+    def is_owned(self, object_id: ObjectId) -> bool:
+        ref = self._refs.get(object_id)
+        return ref is not None and ref.owned
+
+    # --- rows ------------------------------------------------------------
+
+    def ensure(self, info: ObjectRefInfo) -> _Ref:
+        ref = self._refs.get(info.object_id)
+        if ref is None:
+            owned = info.owner == self.me
+            ref = _Ref(object_id=info.object_id, owner=info.owner, owned=owned)
+            self._refs[info.object_id] = ref
+        return ref
+
+    def add_owned_pending(self, object_id: ObjectId) -> None:
+        self.ensure(ObjectRefInfo(object_id=object_id, owner=self.me))
+
+    def store(self, result: ObjectResult) -> list[Msg]:
+        """Stores the outcome of an object; answers remote waiters; frees if unreferenced."""
+        ref = self._refs.get(result.object_id)
+        if ref is None or ref.phase is not ObjPhase.PENDING:
+            return []  # freed meanwhile, or a duplicate completion
+        self._move(ref, ObjPhase.FAILED if result.error else ObjPhase.READY)
+        ref.result = result
+        ref.fetching = False
+        self.completed.append(ref.object_id)
+        effects: list[Msg] = [CancelTimer(key=FETCH_TIMER_PREFIX + ref.object_id)] if not ref.owned else []
+        if ref.owned and result.value is not None:
+            for inner in result.value.contained:
+                self.ensure(inner).contained += 1
+        for dst in ref.remote_waiters:
+            effects.append(Send(dst=dst, msg=ObjectStatus(result=result)))
+        ref.remote_waiters.clear()
+        return effects + self._maybe_free(ref)
+
+    def reset_pending(self, object_id: ObjectId) -> None:
+        """Sends an owned object back to pending (its task is being retried)."""
+        ref = self._refs.get(object_id)
+        if ref is not None and ref.phase is not ObjPhase.PENDING:
+            self._release_contained(ref)
+            self._move(ref, ObjPhase.PENDING)
+            ref.result = None
+
+    # --- counts ----------------------------------------------------------
+
+    def change_local(self, info: ObjectRefInfo, delta: int) -> list[Msg]:
+        ref = self._refs.get(info.object_id)
+        if ref is None:
+            if delta <= 0:
+                return []  # a release of something already gone
+            ref = self.ensure(info)
+        ref.local = max(0, ref.local + delta)
+        return self._maybe_free(ref)
+
+    def change_tasks(self, info: ObjectRefInfo, delta: int) -> list[Msg]:
+        ref = self.ensure(info) if delta > 0 else self._refs.get(info.object_id)
+        if ref is None:
+            return []
+        ref.tasks = max(0, ref.tasks + delta)
+        return self._maybe_free(ref)
+
+    def add_borrower(self, object_id: ObjectId, borrower: Address) -> None:
+        ref = self._refs.get(object_id)
+        if ref is not None and ref.owned and borrower != self.me:
+            ref.borrowers[borrower] = None
+
+    def on_ref_released(self, src: Address, msg: RefReleased) -> list[Msg]:
+        ref = self._refs.get(msg.object_id)
+        if ref is None or not ref.owned or src not in ref.borrowers:
+            return []  # not a borrower we know of: stale or duplicate
+        del ref.borrowers[src]
+        return self._maybe_free(ref)
+
+    def mark_registered_borrower(self, object_id: ObjectId) -> None:
+        ref = self._refs.get(object_id)
+        if ref is not None and not ref.owned:
+            ref.registered_borrower = True
+
+    def _maybe_free(self, ref: _Ref) -> list[Msg]:
+        if ref.referenced() or (ref.owned and ref.phase is ObjPhase.PENDING):
+            return []
+        if ref.fetching and not ref.owned:
+            return []  # drop it when the fetch answers: a get may still want it
+        del self._refs[ref.object_id]
+        self.freed += 1
+        effects: list[Msg] = []
+        if not ref.owned and ref.registered_borrower:
+            effects.append(Send(dst=ref.owner, msg=RefReleased(object_id=ref.object_id)))
+        for dst in ref.remote_waiters:
+            effects.append(Send(dst=dst, msg=ObjectStatus(result=_lost(ref.object_id))))
+        return effects + self._release_contained(ref)
+
+    def _release_contained(self, ref: _Ref) -> list[Msg]:
+        if not ref.owned or ref.result is None or ref.result.value is None:
+            return []
+        effects: list[Msg] = []
+        for inner in ref.result.value.contained:
+            inner_ref = self._refs.get(inner.object_id)
+            if inner_ref is not None:
+                inner_ref.contained = max(0, inner_ref.contained - 1)
+                effects += self._maybe_free(inner_ref)
+        return effects
+
+    # --- fetching borrowed values, answering owners' requests ------------
+
+    def fetch(self, info: ObjectRefInfo, now: Nanos) -> list[Msg]:
+        """Starts fetching a borrowed object's value from its owner (once)."""
+        ref = self.ensure(info)
+        if ref.owned or ref.phase is not ObjPhase.PENDING or ref.fetching:
+            return []
+        ref.fetching = True
+        return self._send_fetch(ref, now)
+
+    def on_fetch_timer(self, object_id: ObjectId, now: Nanos) -> list[Msg]:
+        ref = self._refs.get(object_id)
+        if ref is None or not ref.fetching:
+            return []
+        return self._send_fetch(ref, now)
+
+    def _send_fetch(self, ref: _Ref, now: Nanos) -> list[Msg]:
+        return [
+            Send(dst=ref.owner, msg=GetObject(object_id=ref.object_id)),
+            SetTimer(key=FETCH_TIMER_PREFIX + ref.object_id, at_ns=now + self._fetch_retry_ns),
+        ]
+
+    def on_object_status(self, msg: ObjectStatus) -> list[Msg]:
+        ref = self._refs.get(msg.result.object_id)
+        if ref is None or ref.owned or ref.phase is not ObjPhase.PENDING:
+            return []  # not asked for, or answered already
+        return self.store(msg.result)
+
+    def on_get_object(self, src: Address, msg: GetObject) -> list[Msg]:
+        ref = self._refs.get(msg.object_id)
+        if ref is None or not ref.owned:
+            return [Send(dst=src, msg=ObjectStatus(result=_lost(msg.object_id)))]
+        if ref.phase is ObjPhase.PENDING:
+            ref.remote_waiters[src] = None
+            return []
+        assert ref.result is not None
+        return [Send(dst=src, msg=ObjectStatus(result=ref.result))]
+
+    def fail_owned_by(self, dead_nodes: set[NodeId]) -> list[ObjectResult]:
+        """Borrowed objects still being fetched from owners on dead nodes: owner died."""
+        failed: list[ObjectResult] = []
+        for ref in self._refs.values():
+            if not ref.owned and ref.fetching and ref.owner.node in dead_nodes:
+                failed.append(ObjectResult(object_id=ref.object_id, error=ObjectError(
+                    kind="owner_died", message=(
+                        f"object {ref.object_id} is lost: its owner {ref.owner} died with "
+                        f"node {ref.owner.node}; objects are owned by the process that "
+                        "created them, so keep that process alive while others use them"))))
+        return failed
+
+    # --- phases and checks -----------------------------------------------
+
+    def _move(self, ref: _Ref, to: ObjPhase) -> None:
+        if (ref.phase, to) not in _TRANSITIONS:
+            raise InvalidTransition("core_worker", f"move object to {to.value}", ref.object_id,
+                                    ref.phase.value, " or ".join(
+                                        f.value for f, t in _TRANSITIONS if t is to))
+        ref.phase = to
+
+    def check_invariants(self) -> None:
+        for oid, ref in self._refs.items():
+            if ref.object_id != oid:
+                raise InvariantViolation(f"core_worker: object {oid!r} is filed under another id")
+            if ref.owned != (ref.owner == self.me):
+                raise InvariantViolation(f"core_worker: ownership of {oid!r} disagrees with its owner")
+            if (ref.phase is ObjPhase.PENDING) != (ref.result is None):
+                raise InvariantViolation(f"core_worker: object {oid!r} is {ref.phase.value} "
+                                         f"but {'has' if ref.result else 'lacks'} a result")
+            if min(ref.local, ref.tasks, ref.contained) < 0:
+                raise InvariantViolation(f"core_worker: object {oid!r} has a negative count")
+
+
+def _lost(object_id: ObjectId) -> ObjectResult:
+    return ObjectResult(object_id=object_id, error=ObjectError(
+        kind="object_lost", message=(
+            f"object {object_id} is lost: its owner has no record of it (it was freed when "
+            "no references remained, or never existed); keep an ObjectRef alive while you "
+            "need its value")))

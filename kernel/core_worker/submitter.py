@@ -1,0 +1,504 @@
+"""Owner-side task submission: dependencies, worker leases, pushes, retries, cancels.
+
+Theory of operation
+-------------------
+A submitted task is ``WAITING_ARGS`` until every top-level ref argument is done
+(owned ones complete here; borrowed ones are fetched from their owners), then
+``QUEUED`` under its *scheduling key* (resource shape + affinity). Each key has
+its queue, its outstanding ``RequestWorkerLease``s (at most
+``lease_requests_max`` and never more than queued tasks) and its leases. A
+granted lease runs one task at a time: the owner ``PushTask``s it (``PUSHED``)
+with the inline values of its ref arguments, and the worker answers
+``TaskDone``. An idle lease takes the next task of its key; with none left it is
+returned (``ReturnWorker``, retransmitted until ``ReturnWorkerAck``).
+
+Loss and failure: lease requests and pushes are retransmitted on timers (the
+raylet and the worker dedupe). A worker that answers nothing for
+``worker_silent_max`` re-pushes, whose raylet reports ``LeasedWorkerDied``, or
+whose node dies, takes its task back to ``QUEUED`` with the next attempt while
+retries remain (``max_retries``; -1 is forever), else the task's returns fail
+with ``worker_crashed``. A task whose user code raised is retried only under
+``retry_exceptions``. A spillback re-aims the request at the named raylet.
+
+Cancel: a waiting or queued task fails at once with ``task_cancelled``; a pushed
+one gets ``CancelTask`` and is never retried.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+import msgspec
+
+from shoal.kernel.core_worker.objects import ObjectTable
+from shoal.kernel.core_worker.protocol import (
+    CancelTask,
+    ObjectError,
+    ObjectResult,
+    PushTask,
+    TaskDone,
+    TaskRunning,
+)
+from shoal.kernel.errors import InvalidTransition, InvariantViolation
+from shoal.kernel.ids import Nanos, NodeId, ObjectId, TaskId
+from shoal.kernel.messages import Address, CancelTimer, Msg, Send, SetTimer
+from shoal.kernel.raylet.protocol import (
+    LeasedWorkerDied,
+    LeaseGranted,
+    LeaseRejected,
+    LeaseSpillback,
+    RequestWorkerLease,
+    ReturnWorker,
+    ReturnWorkerAck,
+)
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+
+LEASE_TIMER_PREFIX = "lease.retry."
+PUSH_TIMER_PREFIX = "task.push."
+RETURN_TIMER_PREFIX = "lease.return."
+
+SchedulingKey = tuple[tuple[tuple[str, float], ...], str, bool]
+
+
+class TaskPhase(Enum):
+    WAITING_ARGS = "waiting_args"
+    QUEUED = "queued"
+    PUSHED = "pushed"
+
+
+_TRANSITIONS: dict[tuple[TaskPhase, TaskPhase], str] = {
+    (TaskPhase.WAITING_ARGS, TaskPhase.QUEUED): "arguments ready",
+    (TaskPhase.QUEUED, TaskPhase.PUSHED): "pushed to a leased worker",
+    (TaskPhase.PUSHED, TaskPhase.QUEUED): "retrying after a failure",
+}
+
+
+class SubmitterConfig(msgspec.Struct, frozen=True, kw_only=True):
+    lease_retry_ns: Nanos = 1_000_000_000
+    push_retry_ns: Nanos = 1_000_000_000
+    worker_silent_max: int = 10
+    lease_requests_max: int = 10
+
+
+@dataclass(slots=True, eq=False)
+class _Task:
+    spec: TaskSpec
+    function: bytes
+    key: SchedulingKey
+    phase: TaskPhase = TaskPhase.WAITING_ARGS
+    waiting: dict[ObjectId, None] = field(default_factory=dict)
+    lease_id: str = ""
+    retries_left: int = 0
+    cancelled: bool = False
+    silent_pushes: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    lease_id: str
+    worker: Address
+    raylet: Address
+    key: SchedulingKey
+    task_id: TaskId | None = None
+    functions: dict[str, None] = field(default_factory=dict)
+    returning: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    request_id: int
+    key: SchedulingKey
+    raylet: Address
+    spilled: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _KeyState:
+    queue: deque[TaskId] = field(default_factory=deque)
+    requests: dict[int, None] = field(default_factory=dict)
+    leases: dict[str, None] = field(default_factory=dict)
+
+
+def scheduling_key(spec: TaskSpec) -> SchedulingKey:
+    affinity = spec.affinity
+    return (spec.shape_key(), affinity.node_id if affinity else "", bool(affinity and affinity.soft))
+
+
+class Submitter:
+    """The tasks this process owns, and its leases. A sub-machine of ``CoreWorker``."""
+
+    def __init__(self, me: Address, raylet: Address, objects: ObjectTable,
+                 config: SubmitterConfig) -> None:
+        self._me = me
+        self._raylet = raylet
+        self._objects = objects
+        self._config = config
+        self._tasks: dict[TaskId, _Task] = {}
+        self._by_return: dict[ObjectId, TaskId] = {}
+        self._waiting_on: dict[ObjectId, dict[TaskId, None]] = {}
+        self._keys: dict[SchedulingKey, _KeyState] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._returning: dict[str, _Lease] = {}
+        self._requests: dict[int, _Request] = {}
+        self._next_request = 1
+        self.finished = 0
+
+    # --- introspection ---------------------------------------------------
+
+    @property
+    def pending_tasks(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def lease_count(self) -> int:
+        return len(self._leases) + len(self._returning)
+
+    def task_of(self, object_id: ObjectId) -> TaskId | None:
+        return self._by_return.get(object_id)
+
+    # --- submission and dependencies -------------------------------------
+
+    def submit(self, spec: TaskSpec, function: bytes, now: Nanos) -> list[Msg]:
+        if spec.task_id in self._tasks:
+            return []  # a duplicate submission
+        task = _Task(spec=spec, function=function, key=scheduling_key(spec),
+                     retries_left=spec.max_retries)
+        self._tasks[spec.task_id] = task
+        for object_id in spec.return_ids:
+            self._objects.add_owned_pending(object_id)
+            self._by_return[object_id] = spec.task_id
+        effects: list[Msg] = []
+        for info in _arg_refs(spec):
+            effects += self._objects.change_tasks(info, +1)
+        for arg in spec.args:
+            if arg.ref is not None and self._objects.result(arg.ref.object_id) is None:
+                task.waiting[arg.ref.object_id] = None
+                self._waiting_on.setdefault(arg.ref.object_id, {})[spec.task_id] = None
+                effects += self._objects.fetch(arg.ref, now)
+        if not task.waiting:
+            effects += self._args_ready(task, now)
+        return effects
+
+    def on_object_done(self, object_id: ObjectId, now: Nanos) -> list[Msg]:
+        waiting = self._waiting_on.pop(object_id, None)
+        effects: list[Msg] = []
+        for task_id in waiting or ():
+            task = self._tasks.get(task_id)
+            if task is None or task.phase is not TaskPhase.WAITING_ARGS:
+                continue
+            task.waiting.pop(object_id, None)
+            if not task.waiting:
+                effects += self._args_ready(task, now)
+        return effects
+
+    def _args_ready(self, task: _Task, now: Nanos) -> list[Msg]:
+        for arg in task.spec.args:
+            result = self._objects.result(arg.ref.object_id) if arg.ref else None
+            if result is not None and result.error is not None:
+                return self._finish(task, [ObjectResult(object_id=oid, error=result.error)
+                                           for oid in task.spec.return_ids])
+        if task.cancelled:
+            return self._finish(task, _errors(task.spec, "task_cancelled", _cancel_message(task)))
+        self._move(task, TaskPhase.QUEUED)
+        self._keys.setdefault(task.key, _KeyState()).queue.append(task.spec.task_id)
+        return self._pump(task.key, now)
+
+    # --- leases ----------------------------------------------------------
+
+    def _pump(self, key: SchedulingKey, now: Nanos) -> list[Msg]:
+        state = self._keys.get(key)
+        if state is None:
+            return []
+        effects: list[Msg] = []
+        for lease_id in list(state.leases):
+            lease = self._leases[lease_id]
+            if lease.task_id is None:
+                effects += self._next_on_lease(lease, now)
+        wanted = min(len(state.queue), self._config.lease_requests_max)
+        while len(state.requests) < wanted:
+            effects += self._request_lease(key, state, now)
+        if not state.queue and not state.requests and not state.leases:
+            del self._keys[key]
+        return effects
+
+    def _request_lease(self, key: SchedulingKey, state: _KeyState, now: Nanos) -> list[Msg]:
+        request = _Request(request_id=self._next_request, key=key, raylet=self._raylet)
+        self._next_request += 1
+        self._requests[request.request_id] = request
+        state.requests[request.request_id] = None
+        return self._send_request(request, now)
+
+    def _send_request(self, request: _Request, now: Nanos) -> list[Msg]:
+        shape, node, soft = request.key
+        from shoal.kernel.task_spec import NodeAffinity  # local: keeps the key a plain tuple
+
+        affinity = NodeAffinity(node_id=NodeId(node), soft=soft) if node else None
+        msg = RequestWorkerLease(request_id=request.request_id, shape=dict(shape),
+                                 affinity=affinity, spilled=request.spilled)
+        return [
+            Send(dst=request.raylet, msg=msg),
+            SetTimer(key=f"{LEASE_TIMER_PREFIX}{request.request_id}",
+                     at_ns=now + self._config.lease_retry_ns),
+        ]
+
+    def on_lease_timer(self, request_id: int, now: Nanos) -> list[Msg]:
+        request = self._requests.get(request_id)
+        return self._send_request(request, now) if request is not None else []
+
+    def on_lease_granted(self, src: Address, msg: LeaseGranted, now: Nanos) -> list[Msg]:
+        request = self._requests.pop(msg.request_id, None)
+        if request is None or request.raylet != src:
+            if msg.lease_id in self._leases or msg.lease_id in self._returning:
+                return []  # a duplicate grant of a lease we hold
+            # A grant we no longer want (the request was satisfied or withdrawn): give it back.
+            lease = _Lease(lease_id=msg.lease_id, worker=msg.worker, raylet=src, key=((), "", False))
+            return self._return(lease, now)
+        state = self._keys.setdefault(request.key, _KeyState())
+        state.requests.pop(msg.request_id, None)
+        lease = _Lease(lease_id=msg.lease_id, worker=msg.worker, raylet=src, key=request.key)
+        self._leases[lease.lease_id] = lease
+        state.leases[lease.lease_id] = None
+        return [CancelTimer(key=f"{LEASE_TIMER_PREFIX}{msg.request_id}"),
+                *self._next_on_lease(lease, now), *self._pump(request.key, now)]
+
+    def on_spillback(self, src: Address, msg: LeaseSpillback, now: Nanos) -> list[Msg]:
+        request = self._requests.get(msg.request_id)
+        if request is None or request.raylet != src:
+            return []
+        request.raylet = Address(node=msg.node_id, component="raylet")
+        request.spilled = True
+        return self._send_request(request, now)
+
+    def on_lease_rejected(self, src: Address, msg: LeaseRejected, now: Nanos) -> list[Msg]:
+        request = self._requests.pop(msg.request_id, None)
+        if request is None or request.raylet != src:
+            return []
+        effects: list[Msg] = [CancelTimer(key=f"{LEASE_TIMER_PREFIX}{msg.request_id}")]
+        state = self._keys.get(request.key)
+        if state is not None:
+            state.requests.pop(msg.request_id, None)
+            while state.queue:
+                task = self._tasks[state.queue.popleft()]
+                effects += self._finish(task, _errors(task.spec, "infeasible", (
+                    f"task {task.spec.name} ({task.spec.task_id}) cannot be scheduled: "
+                    f"{msg.reason}")))
+        return effects + self._pump(request.key, now)
+
+    def _next_on_lease(self, lease: _Lease, now: Nanos) -> list[Msg]:
+        state = self._keys.get(lease.key)
+        while state is not None and state.queue:
+            task = self._tasks.get(state.queue.popleft())
+            if task is None or task.phase is not TaskPhase.QUEUED:
+                continue
+            self._move(task, TaskPhase.PUSHED)
+            task.lease_id, task.silent_pushes = lease.lease_id, 0
+            lease.task_id = task.spec.task_id
+            return self._push(task, lease, now)
+        return self._return(lease, now)
+
+    def _return(self, lease: _Lease, now: Nanos, failed: bool = False) -> list[Msg]:
+        if lease.lease_id in self._leases:
+            del self._leases[lease.lease_id]
+            state = self._keys.get(lease.key)
+            if state is not None:
+                state.leases.pop(lease.lease_id, None)
+        lease.returning = True
+        self._returning[lease.lease_id] = lease
+        return [
+            Send(dst=lease.raylet, msg=ReturnWorker(lease_id=lease.lease_id, worker_failed=failed)),
+            SetTimer(key=f"{RETURN_TIMER_PREFIX}{lease.lease_id}",
+                     at_ns=now + self._config.lease_retry_ns),
+        ]
+
+    def on_return_timer(self, lease_id: str, now: Nanos) -> list[Msg]:
+        lease = self._returning.pop(lease_id, None)
+        return self._return(lease, now) if lease is not None else []
+
+    def on_return_ack(self, msg: ReturnWorkerAck) -> list[Msg]:
+        if self._returning.pop(msg.lease_id, None) is None:
+            return []
+        return [CancelTimer(key=f"{RETURN_TIMER_PREFIX}{msg.lease_id}")]
+
+    # --- pushing and results ---------------------------------------------
+
+    def _push(self, task: _Task, lease: _Lease, now: Nanos) -> list[Msg]:
+        spec = task.spec
+        function = b"" if spec.function_id in lease.functions else task.function
+        lease.functions[spec.function_id] = None
+        resolved: list[Payload | None] = []
+        for arg in spec.args:
+            result = self._objects.result(arg.ref.object_id) if arg.ref else None
+            resolved.append(result.value if result is not None else None)
+        msg = PushTask(lease_id=lease.lease_id, spec=spec, function=function,
+                       resolved=tuple(resolved))
+        return [Send(dst=lease.worker, msg=msg),
+                SetTimer(key=f"{PUSH_TIMER_PREFIX}{spec.task_id}", at_ns=now + self._config.push_retry_ns)]
+
+    def on_push_timer(self, task_id: TaskId, now: Nanos) -> list[Msg]:
+        task = self._tasks.get(task_id)
+        lease = self._leases.get(task.lease_id) if task is not None else None
+        if task is None or lease is None or task.phase is not TaskPhase.PUSHED:
+            return []
+        task.silent_pushes += 1
+        if task.silent_pushes > self._config.worker_silent_max:
+            cause = f"the worker answered nothing for {task.silent_pushes} pushes"
+            return self._lease_lost(lease, cause, now, tell_raylet=True)
+        lease.functions.pop(task.spec.function_id, None)  # the first push may have been lost
+        return self._push(task, lease, now)
+
+    def on_task_running(self, msg: TaskRunning) -> list[Msg]:
+        task = self._tasks.get(msg.task_id)
+        if task is not None and task.spec.attempt == msg.attempt:
+            task.silent_pushes = 0
+        return []
+
+    def on_task_done(self, src: Address, msg: TaskDone, now: Nanos) -> list[Msg]:
+        task = self._tasks.get(msg.task_id)
+        if task is None or task.phase is not TaskPhase.PUSHED or task.spec.attempt != msg.attempt:
+            return []  # a duplicate, or from an attempt we gave up on
+        lease = self._leases.get(task.lease_id)
+        effects: list[Msg] = [CancelTimer(key=f"{PUSH_TIMER_PREFIX}{task.spec.task_id}")]
+        if lease is not None:
+            lease.task_id = None
+        failed = any(r.error is not None for r in msg.results)
+        if failed and msg.retryable_error and task.retries_left != 0 and not task.cancelled:
+            effects += self._retry(task, now)
+        else:
+            for info in msg.borrowed:
+                self._objects.add_borrower(info.object_id, src)
+            for result in msg.results:
+                for inner in result.value.contained if result.value else ():
+                    if inner.owner == src:
+                        self._objects.ensure(inner)
+                        self._objects.mark_registered_borrower(inner.object_id)
+            effects += self._finish(task, list(msg.results))
+        if lease is not None and lease.lease_id in self._leases and lease.task_id is None:
+            effects += self._next_on_lease(lease, now)
+        return effects
+
+    def on_worker_died(self, msg: LeasedWorkerDied, now: Nanos) -> list[Msg]:
+        lease = self._leases.get(msg.lease_id)
+        if lease is None:
+            self._returning.pop(msg.lease_id, None)
+            return [CancelTimer(key=f"{RETURN_TIMER_PREFIX}{msg.lease_id}")]
+        return self._lease_lost(lease, msg.cause, now, tell_raylet=False)
+
+    def on_nodes_dead(self, dead: set[NodeId], now: Nanos) -> list[Msg]:
+        effects: list[Msg] = []
+        for lease in [lz for lz in self._leases.values() if lz.worker.node in dead]:
+            effects += self._lease_lost(lease, f"node {lease.worker.node} died", now, tell_raylet=False)
+        for lease_id in [i for i, lz in self._returning.items() if lz.raylet.node in dead]:
+            del self._returning[lease_id]
+            effects.append(CancelTimer(key=f"{RETURN_TIMER_PREFIX}{lease_id}"))
+        for request in self._requests.values():
+            if request.raylet.node in dead:
+                request.raylet, request.spilled = self._raylet, False
+                effects += self._send_request(request, now)
+        return effects
+
+    def _lease_lost(self, lease: _Lease, cause: str, now: Nanos, *, tell_raylet: bool) -> list[Msg]:
+        del self._leases[lease.lease_id]
+        state = self._keys.get(lease.key)
+        if state is not None:
+            state.leases.pop(lease.lease_id, None)
+        effects: list[Msg] = []
+        if tell_raylet:
+            effects += self._return(lease, now, failed=True)
+        task = self._tasks.get(lease.task_id) if lease.task_id else None
+        if task is not None and task.phase is TaskPhase.PUSHED:
+            effects.append(CancelTimer(key=f"{PUSH_TIMER_PREFIX}{task.spec.task_id}"))
+            if task.cancelled:
+                effects += self._finish(task, _errors(task.spec, "task_cancelled", _cancel_message(task)))
+            elif task.retries_left != 0:
+                effects += self._retry(task, now)
+            else:
+                effects += self._finish(task, _errors(task.spec, "worker_crashed", (
+                    f"task {task.spec.name} ({task.spec.task_id}) failed: the worker running it "
+                    f"died ({cause}) and its retries are used up "
+                    f"(max_retries={task.spec.max_retries}); raise max_retries to retry more")))
+        return effects + self._pump(lease.key, now)
+
+    def _retry(self, task: _Task, now: Nanos) -> list[Msg]:
+        if task.retries_left > 0:
+            task.retries_left -= 1
+        task.spec = msgspec.structs.replace(task.spec, attempt=task.spec.attempt + 1)
+        task.lease_id = ""
+        self._move(task, TaskPhase.QUEUED)
+        self._keys.setdefault(task.key, _KeyState()).queue.append(task.spec.task_id)
+        return self._pump(task.key, now)
+
+    def _finish(self, task: _Task, results: list[ObjectResult]) -> list[Msg]:
+        spec = task.spec
+        self._tasks.pop(spec.task_id, None)
+        self.finished += 1
+        effects: list[Msg] = []
+        for object_id in spec.return_ids:
+            self._by_return.pop(object_id, None)
+        for result in results:
+            effects += self._objects.store(result)
+        for info in _arg_refs(spec):
+            effects += self._objects.change_tasks(info, -1)
+        return effects
+
+    # --- cancel ----------------------------------------------------------
+
+    def cancel(self, object_id: ObjectId, force: bool) -> list[Msg]:
+        task_id = self._by_return.get(object_id)
+        task = self._tasks.get(task_id) if task_id else None
+        if task is None or task.cancelled:
+            return []
+        task.cancelled = True
+        if task.phase is TaskPhase.QUEUED:
+            state = self._keys.get(task.key)
+            if state is not None and task.spec.task_id in state.queue:
+                state.queue.remove(task.spec.task_id)
+            return self._finish(task, _errors(task.spec, "task_cancelled", _cancel_message(task)))
+        if task.phase is TaskPhase.PUSHED:
+            lease = self._leases.get(task.lease_id)
+            if lease is not None:
+                return [Send(dst=lease.worker, msg=CancelTask(task_id=task.spec.task_id, force=force))]
+        return []  # waiting for args: fails with task_cancelled when they are ready
+
+    # --- phases and checks -----------------------------------------------
+
+    def _move(self, task: _Task, to: TaskPhase) -> None:
+        if (task.phase, to) not in _TRANSITIONS:
+            raise InvalidTransition("core_worker", f"move task to {to.value}", task.spec.task_id,
+                                    task.phase.value, " or ".join(
+                                        f.value for f, t in _TRANSITIONS if t is to))
+        task.phase = to
+
+    def check_invariants(self) -> None:
+        for lease in self._leases.values():
+            if lease.task_id is not None:
+                task = self._tasks.get(lease.task_id)
+                if task is None or task.lease_id != lease.lease_id:
+                    raise InvariantViolation(
+                        f"core_worker: lease {lease.lease_id!r} runs {lease.task_id!r}, "
+                        "which is not pushed to it")
+        for request_id, request in self._requests.items():
+            state = self._keys.get(request.key)
+            if state is None or request_id not in state.requests:
+                raise InvariantViolation(f"core_worker: lease request {request_id} has no key")
+
+
+def _arg_refs(spec: TaskSpec) -> list[ObjectRefInfo]:
+    refs: list[ObjectRefInfo] = []
+    for arg in spec.args:
+        if arg.ref is not None:
+            refs.append(arg.ref)
+        elif arg.value is not None:
+            refs.extend(arg.value.contained)
+    return refs
+
+
+def _errors(spec: TaskSpec, kind: str, message: str) -> list[ObjectResult]:
+    error = ObjectError(kind=kind, message=message)  # type: ignore[arg-type]
+    return [ObjectResult(object_id=oid, error=error) for oid in spec.return_ids]
+
+
+def _cancel_message(task: _Task) -> str:
+    return (f"task {task.spec.name} ({task.spec.task_id}) was cancelled before it finished; "
+            "its results will never be available")
