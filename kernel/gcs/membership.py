@@ -23,7 +23,8 @@ to have; a raylet's heartbeat reports the version it has applied, so a lost push
 is repaired at the next beat. Deltas older than the log become full snapshots.
 
 Durable state: each row is written with ``StorePut("nodes", ...)``. A restarted GCS
-rebuilds the rows from the store, gives every live node a fresh deadline, and
+rebuilds the rows from the store, gives every live node a fresh deadline,
+re-subscribes every live node's raylet (its next push is a full snapshot), and
 resumes ``version`` from the highest row version.
 
 Invariants (``check_invariants``): the change log is contiguous and ends at
@@ -175,6 +176,8 @@ class NodeDirectory:
                 last_heartbeat_ns=-1,
             )
             self.version = max(self.version, rec.version)
+            if rec.phase == NodePhase.ALIVE.value:
+                self._raylet_known[rec.node_id] = 0  # unknown until its next heartbeat
 
     def on_started(self, now: Nanos) -> None:
         """Gives every recovered live node a full timeout from the restart."""
@@ -197,7 +200,8 @@ class NodeDirectory:
             if row.phase is NodePhase.ALIVE:
                 return [self._registered(src, row)]
             return [Send(dst=src, msg=NodeDeclaredDead(
-                node_id=row.node_id, incarnation=row.incarnation, cause=row.death_cause))]
+                node_id=row.node_id, incarnation=row.incarnation, cause=row.death_cause,
+                attempt=row.attempt))]
         effects = []
         if row.phase is NodePhase.ALIVE:
             cause = f"replaced by a new registration (boot {msg.boot}, attempt {msg.attempt})"
@@ -228,7 +232,8 @@ class NodeDirectory:
 
     def _registered(self, src: Address, row: _Row) -> Send:
         return Send(dst=src, msg=NodeRegistered(
-            node_id=row.node_id, incarnation=row.incarnation, attempt=row.attempt))
+            node_id=row.node_id, incarnation=row.incarnation, boot=row.boot,
+            attempt=row.attempt))
 
     def on_unregister(self, src: Address, msg: UnregisterNode) -> list[Msg]:
         row = self._rows.get(msg.node_id)
@@ -290,6 +295,7 @@ class NodeDirectory:
             sub = self._pollers[src] = _Subscriber(known_version=known, last_seen_ns=now)
         sub.known_version, sub.last_seen_ns = known, now
         if known < self.version or msg.known_version == 0:
+            sub.known_version = self.version
             return self._push_to(src, known)
         return []
 
@@ -314,7 +320,7 @@ class NodeDirectory:
         update = cache.get(known)
         if update is not None:
             return update
-        if known < self._log_base:
+        if known == 0 or known < self._log_base:
             rows = tuple(row.info() for row in self._rows.values())
             update = NodeTableUpdate(
                 from_version=0, to_version=self.version, full=True, nodes=rows)

@@ -52,10 +52,11 @@ class RegisterNode(Msg):
 
 
 class NodeRegistered(Msg):
-    """The GCS accepted a registration; the node is alive under ``incarnation``."""
+    """The GCS accepted registration ``(boot, attempt)``; it is alive under ``incarnation``."""
 
     node_id: NodeId
     incarnation: Count
+    boot: Seq
     attempt: Count
 
 
@@ -68,11 +69,17 @@ class Heartbeat(Msg):
 
 
 class NodeDeclaredDead(Msg):
-    """The GCS considers this incarnation dead; the node must register again."""
+    """The GCS considers this incarnation dead; the node must register again.
+
+    ``attempt`` is set when the answer is to a registration whose ``(boot,
+    attempt)`` belongs to an incarnation already dead, so a node still waiting
+    for that registration's answer knows to try its next attempt.
+    """
 
     node_id: NodeId
     incarnation: Count
     cause: str
+    attempt: Count = 0
 
 
 class UnregisterNode(Msg):

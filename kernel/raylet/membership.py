@@ -8,7 +8,12 @@ A registration carries ``(boot, attempt)``: the host gives ``boot`` (it grows
 with every process start), and ``attempt`` grows with every rejoin in one boot,
 so the GCS can tell a retransmit from a new incarnation. When the GCS answers a
 heartbeat with ``NodeDeclaredDead`` for the current incarnation, the node goes
-back to ``REGISTERING`` with the next attempt.
+back to ``REGISTERING`` with the next attempt. While ``REGISTERING``, a
+``NodeDeclaredDead`` naming the current attempt means the GCS registered this
+attempt (the reply was lost) and has already declared it dead, so the node moves
+on to the next attempt too. ``NodeRegistered`` is accepted only
+for this process's ``(boot, attempt)``: a late reply to a previous process of the
+same node must not hand this one its incarnation.
 
 ``NodeView`` applies ``NodeTableUpdate`` pushes in version order: a delta is
 applied only when it starts at or before the applied version and ends after it;
@@ -23,7 +28,7 @@ from enum import Enum
 import msgspec
 
 from shoal.kernel.buggify import Buggify
-from shoal.kernel.errors import InvalidTransition
+from shoal.kernel.errors import InvalidTransition, InvariantViolation
 from shoal.kernel.gcs.protocol import (
     Heartbeat,
     NodeDeclaredDead,
@@ -146,8 +151,9 @@ class NodeMembership:
 
     def on_registered(self, msg: NodeRegistered, now: Nanos) -> list[Msg]:
         reg = self._reg
-        if reg.phase is not MemberPhase.REGISTERING or msg.attempt != reg.attempt:
-            return []  # a duplicate or an answer to an earlier attempt
+        if reg.phase is not MemberPhase.REGISTERING or (msg.boot, msg.attempt) != (
+                self.boot, reg.attempt):
+            return []  # a duplicate, or an answer to an earlier attempt or process
         self._move(MemberPhase.ALIVE)
         reg.incarnation = msg.incarnation
         return [
@@ -157,6 +163,12 @@ class NodeMembership:
 
     def on_declared_dead(self, msg: NodeDeclaredDead, now: Nanos) -> list[Msg]:
         reg = self._reg
+        if reg.phase is MemberPhase.REGISTERING and msg.attempt == reg.attempt:
+            # The GCS answered this attempt's registration with a death: the incarnation
+            # it gave the attempt (whose NodeRegistered we never saw) has since been
+            # declared dead, and a retry with the same attempt would only be told so again.
+            reg.attempt += 1
+            return self._register(now)
         if reg.phase is not MemberPhase.ALIVE or msg.incarnation != reg.incarnation:
             return []  # about an incarnation we already left behind
         self._move(MemberPhase.REGISTERING)
@@ -176,6 +188,13 @@ class NodeMembership:
             effects.append(Send(dst=self.gcs, msg=UnregisterNode(
                 node_id=self.node_id, incarnation=self._reg.incarnation)))
         return effects
+
+    def check_invariants(self) -> None:
+        reg = self._reg
+        if reg.attempt < 1:
+            raise InvariantViolation(f"raylet {self.node_id!r}: attempt {reg.attempt} < 1")
+        if reg.phase is MemberPhase.ALIVE and reg.incarnation < 1:
+            raise InvariantViolation(f"raylet {self.node_id!r}: alive without an incarnation")
 
     def _register(self, now: Nanos) -> list[Msg]:
         msg = RegisterNode(

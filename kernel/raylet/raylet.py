@@ -105,3 +105,4 @@ class Raylet:
 
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the raylet's indexes disagree."""
+        self.membership.check_invariants()
