@@ -119,7 +119,7 @@ class CallTable:
                 if not waiting:
                     del self._by_object[info.object_id]
         effects: list[Msg] = []
-        if call.has_timer:
+        if call.has_timer and not timed_out:
             effects.append(CancelTimer(key=f"{CALL_TIMER_PREFIX}{call.call_id}"))
         if call.is_get:
             results = tuple(self._result_or_timeout(info.object_id) for info in call.refs)

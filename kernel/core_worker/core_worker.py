@@ -98,7 +98,8 @@ class CoreWorker:
     def handle(self, event: CoreWorkerInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the core worker and returns the effects, in order."""
         effects = self._dispatch(event, now)
-        return effects + self._announce_completions(now)
+        effects += self._announce_completions(now)
+        return effects + self.submitter.return_idle_leases(now)
 
     def _dispatch(self, event: CoreWorkerInput, now: Nanos) -> list[Msg]:
         match event:

@@ -219,8 +219,7 @@ class Submitter:
         wanted = min(len(state.queue), self._config.lease_requests_max)
         while len(state.requests) < wanted:
             effects += self._request_lease(key, state, now)
-        if not state.queue and not state.requests and not state.leases:
-            del self._keys[key]
+        self._forget_key_if_empty(key)
         return effects
 
     def _request_lease(self, key: SchedulingKey, state: _KeyState, now: Nanos) -> list[Msg]:
@@ -296,7 +295,22 @@ class Submitter:
             task.lease_id, task.silent_pushes = lease.lease_id, 0
             lease.task_id = task.spec.task_id
             return self._push(task, lease, now)
-        return self._return(lease, now)
+        return []  # idle: returned by return_idle_leases unless work for it shows up
+
+    def return_idle_leases(self, now: Nanos) -> list[Msg]:
+        """Gives back every idle lease whose key has no queued task (end of each input)."""
+        effects: list[Msg] = []
+        for lease in [lz for lz in self._leases.values() if lz.task_id is None]:
+            state = self._keys.get(lease.key)
+            if state is None or not state.queue:
+                effects += self._return(lease, now)
+                self._forget_key_if_empty(lease.key)
+        return effects
+
+    def _forget_key_if_empty(self, key: SchedulingKey) -> None:
+        state = self._keys.get(key)
+        if state is not None and not state.queue and not state.requests and not state.leases:
+            del self._keys[key]
 
     def _return(self, lease: _Lease, now: Nanos, failed: bool = False) -> list[Msg]:
         if lease.lease_id in self._leases:
