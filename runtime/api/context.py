@@ -1,0 +1,229 @@
+"""The worker-context interface: what a host provides to the API layer.
+
+The API (``remote``, ``get``, ``put``, ``wait``, ``ObjectRef``...) never talks
+to a kernel, a transport or an event loop. It talks to one ``WorkerContext``:
+the process's link to its core worker, implemented by each host (the
+simulator's baton-threaded host, the production trio host).
+
+Which context a call uses: the one bound to the calling thread
+(``bind_thread_context``; the simulator binds one per user thread, and
+``executor.execute`` binds the one it is given while a task runs), else the
+process-global one (``set_global_context``; ``shoal.init()`` sets it). With
+neither, ``get_context()`` raises ``NotInitializedError``.
+
+Threading contract (what a host author must know):
+
+* Every method except ``ref_added``/``ref_removed`` is called from a user
+  thread (the driver's thread, a task's thread, an actor's threads), never from
+  the host's own loop thread. Several user threads may call at once (threaded
+  actors), so the id counters must be thread-safe.
+* ``get_objects`` and ``wait_objects`` block the calling thread until they have
+  an answer (in the simulator: they hand the baton back to the loop). So may
+  ``nodes``/``cluster_resources``/``available_resources`` and ``put_object``
+  (which may raise ``ObjectStoreFullError``). ``submit_task`` and
+  ``cancel_task`` are fire and forget: they must not wait for the kernel.
+* ``ref_added``/``ref_removed`` run wherever an ``ObjectRef`` is created or
+  garbage-collected: any thread, including the host's own loop thread (a GC
+  pass can run anywhere) and during interpreter shutdown. They must only record
+  the delta (e.g. append to a queue the loop drains) and never block, re-enter
+  the kernel, or raise.
+* For a new object, ``ref_added`` comes *before* the ``submit_task`` or
+  ``put_object`` that creates it, from the same thread: the API builds the
+  returned ``ObjectRef`` first. The host must hand the kernel the calls of one
+  thread in the order they were made.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
+
+from shoal.kernel.core_worker.protocol import ObjectResult
+from shoal.kernel.ids import ActorId, NodeId, ObjectId, TaskId
+from shoal.kernel.messages import Address
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+
+__all__ = [
+    "NOT_INITIALIZED",
+    "NotInitializedError",
+    "WorkerContext",
+    "bind_thread_context",
+    "current_context",
+    "get_context",
+    "global_context",
+    "set_global_context",
+    "thread_context",
+    "using_context",
+]
+
+NOT_INITIALIZED = (
+    "shoal is not initialized: call shoal.init() first "
+    "(or run inside shoal.sim.Simulation)")
+
+
+class NotInitializedError(RuntimeError):
+    """An API call was made with no worker context bound to the thread or the process."""
+
+
+@runtime_checkable
+class WorkerContext(Protocol):
+    """What a host provides to the API layer of one process (see the module docstring).
+
+    Identity attributes may be plain attributes or properties.
+    """
+
+    @property
+    def address(self) -> Address:
+        """This process's core worker: the owner recorded in refs it creates."""
+        ...
+
+    @property
+    def node_id(self) -> NodeId:
+        """The node this process runs on."""
+        ...
+
+    @property
+    def job_id(self) -> str:
+        """The job of the driver this process works for."""
+        ...
+
+    @property
+    def current_task_id(self) -> TaskId | None:
+        """The task the calling thread is running; None on a driver."""
+        ...
+
+    @property
+    def current_actor_id(self) -> ActorId | None:
+        """The actor this process hosts; None outside an actor."""
+        ...
+
+    def next_task_id(self) -> TaskId:
+        """A new task id, unique in the cluster, from a counter (deterministic)."""
+        ...
+
+    def next_object_id(self) -> ObjectId:
+        """A new id for a ``put`` object, unique in the cluster, from a counter.
+
+        It must not look like a task return (``<task id>.r<digits>``).
+        """
+        ...
+
+    def submit_task(self, spec: TaskSpec, function: bytes) -> None:
+        """Submits a task this process owns (``TaskSubmitted``); fire and forget.
+
+        ``function`` is the cloudpickled function (the same bytes object for
+        every call of one remote function); ``spec.function_id`` is its sha256.
+        """
+        ...
+
+    def put_object(self, object_id: ObjectId, payload: Payload) -> None:
+        """Stores a value this process owns (``ObjectPut``). May block; may raise
+        ``ObjectStoreFullError``."""
+        ...
+
+    def get_objects(self, refs: list[ObjectRefInfo],
+                    timeout_s: float | None) -> list[ObjectResult]:
+        """Blocks until every object is done, or ``timeout_s`` passes.
+
+        Args:
+            refs: distinct refs (the API removes duplicates).
+            timeout_s: None to wait forever; 0 to answer at once.
+
+        Returns:
+            One result per ref, in the order given; an object still pending at the
+            deadline gets ``ObjectError(kind="get_timeout")`` (raising
+            ``GetTimeoutError`` instead is also accepted).
+        """
+        ...
+
+    def wait_objects(self, refs: list[ObjectRefInfo], num_returns: int,
+                     timeout_s: float | None, fetch_local: bool) -> list[ObjectId]:
+        """Blocks until ``num_returns`` of ``refs`` are done (a value or an error),
+        or ``timeout_s`` passes; returns the ids of those done (any number: the API
+        keeps the first ``num_returns`` in input order). ``refs`` are distinct."""
+        ...
+
+    def cancel_task(self, ref: ObjectRefInfo, force: bool, recursive: bool) -> None:
+        """Cancels the task that creates ``ref`` (``CancelRequested``); fire and forget."""
+        ...
+
+    def ref_added(self, ref: ObjectRefInfo) -> None:
+        """An ``ObjectRef`` instance was created in this process. Any thread; must not block."""
+        ...
+
+    def ref_removed(self, ref: ObjectRefInfo) -> None:
+        """An ``ObjectRef`` instance was collected. Any thread, even at exit; must not block."""
+        ...
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The node table, shaped like ``ray.nodes()`` (``NodeID``, ``Alive``, ``Resources``...)."""
+        ...
+
+    def cluster_resources(self) -> dict[str, float]:
+        """Total resources of the alive nodes."""
+        ...
+
+    def available_resources(self) -> dict[str, float]:
+        """Resources not in use right now."""
+        ...
+
+
+_local = threading.local()
+_global: WorkerContext | None = None
+_global_lock = threading.Lock()
+
+
+def thread_context() -> WorkerContext | None:
+    """The context bound to the calling thread, if any."""
+    ctx: WorkerContext | None = getattr(_local, "context", None)
+    return ctx
+
+
+def global_context() -> WorkerContext | None:
+    """The process-global context set by ``shoal.init()``, if any."""
+    return _global
+
+
+def current_context() -> WorkerContext | None:
+    """The calling thread's context, else the process-global one, else None."""
+    ctx: WorkerContext | None = getattr(_local, "context", None)
+    return ctx if ctx is not None else _global
+
+
+def get_context() -> WorkerContext:
+    """The context API calls use.
+
+    Raises:
+        NotInitializedError: no context is bound to this thread or set for the process.
+    """
+    ctx = current_context()
+    if ctx is None:
+        raise NotInitializedError(NOT_INITIALIZED)
+    return ctx
+
+
+def bind_thread_context(ctx: WorkerContext | None) -> WorkerContext | None:
+    """Binds ``ctx`` to the calling thread (None unbinds); returns the one bound before."""
+    previous: WorkerContext | None = getattr(_local, "context", None)
+    _local.context = ctx
+    return previous
+
+
+def set_global_context(ctx: WorkerContext | None) -> WorkerContext | None:
+    """Sets the process-global context (None clears it); returns the one set before."""
+    global _global
+    with _global_lock:
+        previous, _global = _global, ctx
+    return previous
+
+
+@contextmanager
+def using_context(ctx: WorkerContext) -> Iterator[WorkerContext]:
+    """Binds ``ctx`` to the calling thread for the ``with`` block, then restores."""
+    previous = bind_thread_context(ctx)
+    try:
+        yield ctx
+    finally:
+        bind_thread_context(previous)

@@ -1,0 +1,201 @@
+"""Running one task's user code in the executing worker, host-agnostic.
+
+The host calls ``execute(spec, args, function, ctx)`` when its core worker asks
+it to (``ExecuteTask``), in the thread where user code runs, and hands the
+returned ``TaskExecuted`` back to the kernel. ``execute`` blocks for as long as
+the task runs; it binds ``ctx`` to the calling thread meanwhile (so ``get``,
+``put`` and ``.remote()`` inside the task use it) and records the running spec
+(``current_task_spec()``, which gives nested tasks their depth).
+
+Steps: load the function (cached by ``function_id``, at most ``FUNCTIONS_MAX``
+of them), deserialize the arguments (top-level refs arrive already resolved to
+their values' payloads, in the same positions; the last ``len(kwarg_names)``
+are keyword arguments), call, split the result into ``num_returns`` values
+(the result is ignored for ``num_returns=0``; a count that does not match fails
+the task with a ``ValueError``), and serialize each return.
+
+Any ``Exception`` (from user code, argument loading or return serialization)
+fails every return with ``ObjectError(kind="task_error")`` whose ``data`` is the
+pickled ``RayTaskError``; ``retryable_error`` is set when the spec retries
+exceptions and the exception is in its allowlist (or there is none). A
+``TaskCancelledError`` (or ``KeyboardInterrupt``) that the host raised in the
+task fails it with ``kind="task_cancelled"``, never retried. Other
+``BaseException``s (``SystemExit``, the simulator's ``SimulationExit``) are not
+caught: the host decides what they mean.
+
+``borrowed``: the refs unpickled while the task ran (from its arguments or from
+values it fetched) that are still alive when it returns, except those this
+worker owns; the owner then counts this worker as a borrower of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import threading
+import traceback
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final
+
+from shoal.kernel.core_worker.protocol import ErrorKind, ObjectError, ObjectResult, TaskExecuted
+from shoal.kernel.messages import Address
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+from shoal.runtime.api.context import WorkerContext, bind_thread_context
+from shoal.runtime.api.exceptions import RaySystemError, TaskCancelledError
+from shoal.runtime.api.serialization import (
+    collecting_refs,
+    deserialize,
+    serialize,
+    serialize_error,
+)
+
+__all__ = ["FUNCTIONS_MAX", "current_task_spec", "execute", "load_function"]
+
+FUNCTIONS_MAX: Final = 1024  # deserialized functions kept per process, least recent dropped
+_THIS_FILE: Final = __file__
+
+_functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+_functions_lock = threading.Lock()
+_local = threading.local()
+
+
+def current_task_spec() -> TaskSpec | None:
+    """The spec of the task the calling thread is running, or None (e.g. on a driver)."""
+    return getattr(_local, "spec", None)
+
+
+def load_function(function_id: str, function: bytes) -> Callable[..., Any]:
+    """The function with this id: from the cache, else unpickled from ``function``.
+
+    Raises:
+        RaySystemError: the function is not cached and ``function`` is empty.
+    """
+    with _functions_lock:
+        cached = _functions.get(function_id)
+        if cached is not None:
+            _functions.move_to_end(function_id)
+            return cached
+    if not function:
+        raise RaySystemError(
+            f"the code of function {function_id} never reached this worker; this is a bug "
+            "in shoal")
+    loaded = pickle.loads(function)
+    with _functions_lock:
+        _functions[function_id] = loaded
+        while len(_functions) > FUNCTIONS_MAX:
+            _functions.popitem(last=False)
+    return loaded  # type: ignore[no-any-return]
+
+
+def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
+            ctx: WorkerContext) -> TaskExecuted:
+    """Runs one task's user code in the calling thread and reports its outcome.
+
+    Args:
+        spec: the task.
+        args: one payload per ``spec.args`` entry, refs already resolved.
+        function: the cloudpickled function (may be empty once cached).
+        ctx: the worker context user code in this task should use.
+
+    Returns:
+        The ``TaskExecuted`` input for the worker's core worker.
+    """
+    previous_ctx = bind_thread_context(ctx)
+    previous_spec = current_task_spec()
+    _local.spec = spec
+    try:
+        with collecting_refs() as rebuilt:
+            results, retryable = _run(spec, args, function)
+        borrowed = _still_held(rebuilt, ctx.address)
+    finally:
+        _local.spec = previous_spec
+        bind_thread_context(previous_ctx)
+    return TaskExecuted(task_id=spec.task_id, attempt=spec.attempt, results=results,
+                        retryable_error=retryable, borrowed=borrowed)
+
+
+def _run(spec: TaskSpec, args: tuple[Payload, ...],
+         function: bytes) -> tuple[tuple[ObjectResult, ...], bool]:
+    try:
+        values = _split(spec, _call(spec, args, function))
+        results = tuple(
+            ObjectResult(object_id=object_id, value=serialize(
+                value, what=f"return value {index} of task {spec.name}"))
+            for index, (object_id, value) in enumerate(zip(spec.return_ids, values, strict=True)))
+        return results, False
+    except (TaskCancelledError, KeyboardInterrupt) as exc:
+        message = f"task {spec.name} ({spec.task_id}) was cancelled while it ran"
+        return _failed(spec, "task_cancelled", message, exc), False
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+        message = f"task {spec.name} raised {type(exc).__name__}: {exc}"
+        return _failed(spec, "task_error", message, exc), _retryable(spec, exc)
+
+
+def _call(spec: TaskSpec, args: tuple[Payload, ...], function: bytes) -> Any:
+    user_function = load_function(spec.function_id, function)
+    values = [deserialize(payload) for payload in args]
+    split = len(values) - len(spec.kwarg_names)
+    kwargs = dict(zip(spec.kwarg_names, values[split:], strict=True))
+    positional = values[:split]
+    del values
+    return user_function(*positional, **kwargs)
+
+
+def _split(spec: TaskSpec, outputs: Any) -> list[Any]:
+    wanted = spec.num_returns
+    if wanted == 0:
+        return []
+    if wanted == 1:
+        return [outputs]
+    if inspect.isgenerator(outputs):
+        outputs = list(outputs)  # as in Ray: a generator may yield the num_returns values
+    try:
+        count = len(outputs)
+    except TypeError:
+        raise ValueError(
+            f"Task {spec.name} returned a single {type(outputs).__name__}, but "
+            f"num_returns={wanted}: return a list or tuple of {wanted} values") from None
+    if count != wanted:
+        raise ValueError(f"Task returned {count} objects, but num_returns={wanted}.")
+    return list(outputs)
+
+
+def _failed(spec: TaskSpec, kind: ErrorKind, message: str,
+            exc: BaseException) -> tuple[ObjectResult, ...]:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and (
+            tb.tb_frame.f_code.co_filename == _THIS_FILE):
+        tb = tb.tb_next  # the user's frames are what matter, not ours
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    if kind == "task_cancelled":
+        cancelled = TaskCancelledError(spec.task_id, message)
+        data = pickle.dumps(cancelled)
+    else:
+        data = serialize_error(exc, spec.name, text)
+    if exc.__traceback__ is not None:
+        traceback.clear_frames(exc.__traceback__)  # drop the frames' locals (and their refs)
+    error = ObjectError(kind=kind, message=message, data=data)
+    return tuple(ObjectResult(object_id=object_id, error=error) for object_id in spec.return_ids)
+
+
+def _retryable(spec: TaskSpec, exc: Exception) -> bool:
+    if not spec.retry_exceptions:
+        return False
+    if not spec.retry_exception_allowlist:
+        return True
+    try:
+        allowed = pickle.loads(spec.retry_exception_allowlist)
+    except Exception:  # noqa: BLE001 - an unreadable allowlist retries nothing
+        return False
+    return isinstance(exc, tuple(allowed))
+
+
+def _still_held(rebuilt: list[weakref.ref[Any]], me: Address) -> tuple[ObjectRefInfo, ...]:
+    held: dict[str, ObjectRefInfo] = {}
+    for weak in rebuilt:
+        ref = weak()
+        if ref is not None and ref.info.owner != me:
+            held.setdefault(ref.info.object_id, ref.info)
+    return tuple(held.values())

@@ -1,0 +1,189 @@
+"""User values to ``Payload`` and back, tracking the object refs nested inside.
+
+``serialize(value)`` pickles with cloudpickle at protocol 5 (so lambdas, local
+functions and classes from ``__main__`` travel by value). While it runs, every
+``ObjectRef`` that gets pickled (``ObjectRef.__reduce__``) records itself into
+the innermost active recorder of this thread; the recorded refs become
+``Payload.contained``, so the receiver knows what it now borrows and the owner
+keeps those objects alive while the payload does. Values of a few exact atomic
+types go through plain ``pickle``, which is several times faster for them.
+
+``deserialize(payload)`` unpickles (cloudpickle output is plain pickle data).
+Each ``ObjectRef`` rebuilt on the way registers with the current worker context
+(``ref_added``) and is noted by any active ``collecting_refs()`` block, which
+the executor uses to find refs a task still holds after it returns.
+
+Buffers stay in band for now: a ``Payload`` is one ``bytes``. Zero-copy reads
+from the node's shared-memory store are the host's business (it may re-encode
+large payloads with ``shoal.transports.serialization``).
+
+``serialize_error``/``deserialize_error`` carry a task's exception as a pickled
+``RayTaskError`` (falling back to a description when the exception itself
+cannot be pickled or unpickled).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import traceback
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import cloudpickle  # type: ignore[import-untyped]
+from shoal.kernel.task_spec import ObjectRefInfo, Payload
+from shoal.runtime.api.exceptions import RaySystemError, RayTaskError
+
+__all__ = [
+    "collecting_refs",
+    "deserialize",
+    "deserialize_error",
+    "serialize",
+    "serialize_error",
+]
+
+PROTOCOL: Final = 5
+_ATOMIC_TYPES: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+_local = threading.local()
+
+
+def _pickling_stack() -> list[list[ObjectRefInfo]]:
+    stack: list[list[ObjectRefInfo]] | None = getattr(_local, "pickling", None)
+    if stack is None:
+        stack = _local.pickling = []
+    return stack
+
+
+def _collect_stack() -> list[list[weakref.ref[Any]]]:
+    stack: list[list[weakref.ref[Any]]] | None = getattr(_local, "collecting", None)
+    if stack is None:
+        stack = _local.collecting = []
+    return stack
+
+
+def record_pickled_ref(info: ObjectRefInfo) -> None:
+    """Called by ``ObjectRef.__reduce__``: notes ``info`` in the active ``serialize``."""
+    stack: list[list[ObjectRefInfo]] | None = getattr(_local, "pickling", None)
+    if stack:
+        stack[-1].append(info)
+
+
+def note_rebuilt_ref(ref: Any) -> None:
+    """Called when an ``ObjectRef`` is unpickled: notes it in active ``collecting_refs``."""
+    stack: list[list[weakref.ref[Any]]] | None = getattr(_local, "collecting", None)
+    if stack:
+        stack[-1].append(weakref.ref(ref))
+
+
+@contextmanager
+def collecting_refs() -> Iterator[list[weakref.ref[Any]]]:
+    """Collects weak references to every ``ObjectRef`` unpickled in this thread meanwhile."""
+    found: list[weakref.ref[Any]] = []
+    stack = _collect_stack()
+    stack.append(found)
+    try:
+        yield found
+    finally:
+        stack.pop()
+
+
+def _unique(infos: list[ObjectRefInfo]) -> tuple[ObjectRefInfo, ...]:
+    seen: dict[str, ObjectRefInfo] = {}
+    for info in infos:
+        seen.setdefault(info.object_id, info)
+    return tuple(seen.values())
+
+
+def serialize(value: object, *, what: str = "the value") -> Payload:
+    """Pickles ``value`` (protocol 5) and lists the object refs nested in it.
+
+    Args:
+        value: any picklable value.
+        what: how to name ``value`` in an error message (``"argument 0 of task f"``).
+
+    Raises:
+        TypeError: ``value`` cannot be pickled (it holds a lock, a socket, a generator...).
+    """
+    if type(value) in _ATOMIC_TYPES:
+        return Payload(data=pickle.dumps(value, protocol=PROTOCOL))
+    found: list[ObjectRefInfo] = []
+    stack = _pickling_stack()
+    stack.append(found)
+    try:
+        data = cloudpickle.dumps(value, protocol=PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"Could not serialize {what} ({type(value).__name__}): {type(exc).__name__}: {exc}. "
+            "Values sent to tasks, returned by them or put in the object store must be "
+            "picklable: remove locks, sockets, open files and generators from them, or "
+            "create those inside the task.") from exc
+    finally:
+        stack.pop()
+    return Payload(data=data, contained=_unique(found))
+
+
+def deserialize(payload: Payload | bytes) -> Any:
+    """Unpickles a payload; object refs in it register with the current context.
+
+    Raises:
+        RaySystemError: the bytes could not be unpickled here (e.g. a class that
+            cannot be imported in this process).
+    """
+    data = payload.data if isinstance(payload, Payload) else payload
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise RaySystemError(
+            f"could not deserialize a value: {type(exc).__name__}: {exc}. Make sure every "
+            "module and class it uses can be imported in this process.") from exc
+
+
+def format_traceback(exc: BaseException, *, skip_frames: int = 0) -> str:
+    """The traceback text of ``exc``, leaving out its first ``skip_frames`` frames."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is None or tb.tb_next is None:
+            break
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def serialize_error(exc: BaseException, task_name: str, traceback_str: str | None = None) -> bytes:
+    """Pickles ``exc`` as the ``RayTaskError`` of task ``task_name``.
+
+    A ``RayTaskError`` raised by a nested ``get`` is unwrapped to its original
+    cause, so ``except ZeroDivisionError`` still catches a failure two tasks
+    down; the nested traceback text is kept below this task's. An exception
+    that cannot be pickled is replaced by a plain ``Exception`` describing it.
+    """
+    text = traceback_str if traceback_str is not None else format_traceback(exc)
+    cause: BaseException | None = exc
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause
+        text = f"{text}\nwhich was raised by the failed task {exc.function_name}:\n" \
+               f"{exc.traceback_str}"
+    error = RayTaskError(task_name, text, cause)
+    try:
+        return bytes(cloudpickle.dumps(error, protocol=PROTOCOL))
+    except Exception as pickling_error:  # noqa: BLE001 - any pickling failure
+        stand_in = Exception(
+            f"{type(cause).__name__}: {cause} (the original exception could not be pickled: "
+            f"{type(pickling_error).__name__}: {pickling_error})")
+        return bytes(cloudpickle.dumps(RayTaskError(task_name, text, stand_in),
+                                       protocol=PROTOCOL))
+
+
+def deserialize_error(data: bytes) -> BaseException:
+    """The exception pickled by ``serialize_error`` (a ``RaySystemError`` if it cannot load)."""
+    try:
+        loaded = pickle.loads(data)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure
+        return RaySystemError(
+            f"a task's exception could not be unpickled here: {type(exc).__name__}: {exc}. "
+            "Make sure the exception's class can be imported in this process.")
+    if isinstance(loaded, BaseException):
+        return loaded
+    return RaySystemError(f"a task's error data held a {type(loaded).__name__}, not an exception")

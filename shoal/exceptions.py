@@ -1,0 +1,43 @@
+"""Ray's exception classes under shoal's name: ``from shoal.exceptions import RayTaskError``."""
+
+from shoal.runtime.api.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    NodeDiedError,
+    ObjectFetchTimedOutError,
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectStoreFullError,
+    OutOfMemoryError,
+    OwnerDiedError,
+    PendingCallsLimitExceeded,
+    RayActorError,
+    RayError,
+    RaySystemError,
+    RayTaskError,
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+
+__all__ = [
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "GetTimeoutError",
+    "NodeDiedError",
+    "ObjectFetchTimedOutError",
+    "ObjectLostError",
+    "ObjectReconstructionFailedError",
+    "ObjectStoreFullError",
+    "OutOfMemoryError",
+    "OwnerDiedError",
+    "PendingCallsLimitExceeded",
+    "RayActorError",
+    "RayError",
+    "RaySystemError",
+    "RayTaskError",
+    "TaskCancelledError",
+    "TaskUnschedulableError",
+    "WorkerCrashedError",
+]
