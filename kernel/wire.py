@@ -12,7 +12,9 @@ from typing import Union
 import msgspec
 
 from shoal.kernel.gcs import protocol as gcs
+from shoal.kernel.gcs import resource_protocol as resources
 from shoal.kernel.messages import Address, Msg, Rejected
+from shoal.kernel.raylet import protocol as raylet
 
 WIRE_TYPES: tuple[type[Msg], ...] = (
     Rejected,
@@ -20,6 +22,10 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     gcs.UnregisterNode, gcs.SubscribeNodes, gcs.NodeTableUpdate,
     gcs.KvPut, gcs.KvPutReply, gcs.KvGet, gcs.KvGetReply, gcs.KvDelete, gcs.KvDeleteReply,
     gcs.KvList, gcs.KvListReply, gcs.KvExists, gcs.KvExistsReply,
+    resources.ResourceReport, resources.ResourceViewUpdate,
+    raylet.RequestWorkerLease, raylet.LeaseGranted, raylet.LeaseSpillback, raylet.LeaseRejected,
+    raylet.CancelLeaseRequest, raylet.ReturnWorker, raylet.ReturnWorkerAck,
+    raylet.LeasedWorkerDied, raylet.RegisterWorker, raylet.WorkerBlocked, raylet.WorkerUnblocked,
 )
 
 WireMessage = Union[WIRE_TYPES]  # type: ignore[valid-type]

@@ -1,8 +1,9 @@
 """Functions a simulated program calls: shoal's clock, the node table, the internal KV.
 
-They only work inside ``Simulation(...).run(main)``; elsewhere they raise
-``NotInSimulation`` saying so. Each blocking call hands the baton back to the
-event loop, so virtual time moves on while the program waits.
+They only work inside ``Simulation(...).run(main)`` (in the driver or in task
+bodies); elsewhere they raise ``NotInSimulation`` saying so. Each blocking call
+hands the baton back to the event loop, so virtual time moves on while the
+program waits.
 """
 
 from __future__ import annotations
@@ -31,26 +32,20 @@ def _context() -> Any:
 
 def now() -> float:
     """Virtual seconds since the simulation started."""
-    return float(_context().sim.now) / 1e9
+    return float(_context().engine.now) / 1e9
 
 
 def sleep(seconds: float) -> None:
     """Blocks for ``seconds`` of virtual time."""
     if seconds < 0:
         raise ValueError(f"sleep length must be non-negative, got {seconds}")
-    context = _context()
-    context.baton.block(context.baton.sleep_future(seconds))
+    baton = _context().baton
+    baton.block(baton.sleep_future(seconds))
 
 
 def nodes() -> list[dict[str, Any]]:
-    """The driver's view of the node table, shaped like ``ray.nodes()``."""
-    view = _context().driver_kernel().nodes
-    return [
-        {"NodeID": info.node_id, "Alive": info.state == "alive",
-         "Resources": dict(info.resources), "Incarnation": info.incarnation,
-         "DeathCause": info.death_cause}
-        for info in view
-    ]
+    """This process's view of the node table, shaped like ``ray.nodes()``."""
+    return list(_context().nodes())
 
 
 def _key(key: str | bytes) -> bytes:
@@ -82,3 +77,13 @@ def kv_delete(key: str | bytes, *, by_prefix: bool = False, namespace: str = "")
 
 def kv_list(prefix: str | bytes, *, namespace: str = "") -> list[bytes]:
     return list(_context().kv_call(KvList(request_id=0, namespace=namespace, prefix=_key(prefix))))
+
+
+def kill_worker_running(ref: Any) -> bool:
+    """Fault injection: crashes the worker process running the task that returns ``ref``.
+
+    Returns whether such a worker was found. The crash looks like any other worker
+    death to the cluster (its raylet sees the process exit), so the task is retried
+    while it has retries left.
+    """
+    return bool(_context().host.kill_worker_running(ref.object_id))

@@ -55,6 +55,8 @@ class UserThread:
         self.killed = False
         self.result: Any = None
         self.error: BaseException | None = None
+        self.pending_error: BaseException | None = None  # raised at its next block
+        self.blocked_on: SimFuture | None = None
         self._fn = fn
         self.thread = threading.Thread(target=self._body, name=f"shoal-sim-{name}", daemon=True)
 
@@ -79,13 +81,14 @@ class Baton:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.loop_turn = threading.Semaphore(0)
-        self.threads: list[UserThread] = []
+        self.threads: dict[UserThread, None] = {}  # unfinished, in spawn order
         self.on_finished: list[Callable[[UserThread], None]] = []
+        self.before_block: list[Callable[[UserThread], None]] = []
 
     def spawn(self, fn: Callable[[], Any], name: str) -> UserThread:
         """Starts ``fn`` in a user thread at the current virtual time."""
         thread = UserThread(self, fn, name)
-        self.threads.append(thread)
+        self.threads[thread] = None
         thread.thread.start()
         self.engine.call_at(self.engine.now, lambda: self._resume(thread))
         return thread
@@ -96,6 +99,8 @@ class Baton:
         thread.turn.release()
         self.loop_turn.acquire()  # until the thread blocks or finishes
         if thread.finished:
+            self.threads.pop(thread, None)
+            thread.thread.join()
             for callback in self.on_finished:
                 callback(thread)
 
@@ -104,14 +109,25 @@ class Baton:
     def block(self, future: SimFuture) -> Any:
         """Hands the baton back until ``future`` resolves; returns its value or raises."""
         thread = current_thread()
+        for hook in self.before_block:
+            hook(thread)
         if thread.killed:
             raise SimulationExit()
-        if not future.done:
+        if not future.done and thread.pending_error is None:
             future._waiters.append(thread)
+            thread.blocked_on = future
             self.loop_turn.release()
             thread.turn.acquire()
+            thread.blocked_on = None
             if thread.killed:
                 raise SimulationExit()
+        if thread.pending_error is not None:
+            error: BaseException | None = thread.pending_error
+            thread.pending_error = None
+            try:
+                raise error  # type: ignore[misc]
+            finally:
+                error = None  # no error -> traceback -> frame -> error cycle
         if future.error is not None:
             raise future.error
         return future.value
@@ -127,6 +143,28 @@ class Baton:
             self.engine.call_at(self.engine.now, lambda t=thread: self._resume(t))
         future._waiters.clear()
 
+    def kill(self, thread: UserThread) -> None:
+        """Unwinds one thread now (its process died). Call from the loop only."""
+        if thread.finished:
+            return
+        thread.killed = True
+        if thread.blocked_on is not None and thread in thread.blocked_on._waiters:
+            thread.blocked_on._waiters.remove(thread)
+        thread.turn.release()
+        self.loop_turn.acquire()
+        self.threads.pop(thread, None)
+        thread.thread.join()
+
+    def interrupt(self, thread: UserThread, error: BaseException) -> None:
+        """Raises ``error`` in ``thread`` at its current or next blocking call."""
+        if thread.finished:
+            return
+        thread.pending_error = error
+        future = thread.blocked_on
+        if future is not None and thread in future._waiters:
+            future._waiters.remove(thread)
+            self.engine.call_at(self.engine.now, lambda: self._resume(thread))
+
     def sleep_future(self, seconds: float) -> SimFuture:
         future = SimFuture()
         delay_ns = max(0, int(seconds * 1_000_000_000))
@@ -135,13 +173,9 @@ class Baton:
 
     def shutdown(self) -> None:
         """Unwinds every unfinished thread and joins all of them."""
-        for thread in self.threads:
-            if not thread.finished:
-                thread.killed = True
-                thread.turn.release()
-                self.loop_turn.acquire()
-        for thread in self.threads:
-            thread.thread.join()
+        for thread in list(self.threads):
+            self.kill(thread)
+        self.threads.clear()
 
 
 def current_thread() -> UserThread:

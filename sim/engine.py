@@ -66,6 +66,7 @@ class SimProcess:
     boot: int = 0
     timers: dict[str, int] = field(default_factory=dict)
     store: Store = field(default_factory=dict)
+    restartable: bool = True  # False for processes whose parent restarts them (workers)
 
     @property
     def alive(self) -> bool:
@@ -84,6 +85,7 @@ class Engine:
         self.processes: dict[Address, SimProcess] = {}
         self.observers: list[Observer] = []
         self.effect_handlers: dict[type, EffectHandler] = {}
+        self.crash_hooks: list[Callable[[Address], None]] = []
         self._heap: list[tuple[int, int, int, Any, Any, Any]] = []
         self._seq = 0
         self.stopped = False
@@ -110,6 +112,8 @@ class Engine:
         proc.kernel = None
         proc.timers.clear()
         self.trace.note(self.now, "crash", str(address))
+        for hook in self.crash_hooks:
+            hook(address)
 
     def inject(self, address: Address, event: Msg) -> bool:
         """Hands a host input (not a network message) to a live process now."""

@@ -173,11 +173,23 @@ def _fault_starter(sim: ClusterSim, index: int, event: FaultEvent) -> Any:
             network.clogged_until[event.link] = max(
                 network.clogged_until.get(event.link, 0), end_at)
         elif event.kind == "crash" and event.target is not None:
-            target = event.target
+            target = _resolve_target(engine, event.target)
+            if target is None:
+                return
             engine.crash(target)
-            engine.call_at(end_at, lambda: engine.start(target))
+            if engine.processes[target].restartable:
+                engine.call_at(end_at, lambda: engine.start(target))
 
     return begin
+
+
+def _resolve_target(engine: Engine, target: Address) -> Address | None:
+    """A ``worker="*"`` target names some live worker of that node, drawn now."""
+    if target.worker != "*":
+        return target
+    live = [a for a, p in engine.processes.items()
+            if a.node == target.node and a.component == target.component and p.alive]
+    return live[engine.rng.randrange(len(live))] if live else None
 
 
 def _run_liveness(sim: ClusterSim, workload: Workload, config: RunConfig) -> None:
@@ -188,8 +200,8 @@ def _run_liveness(sim: ClusterSim, workload: Workload, config: RunConfig) -> Non
     for source in sim.buggify_sources:
         source.enabled = False
     engine.trace.note(engine.now, "heal")
-    for address, proc in engine.processes.items():
-        if not proc.alive:
+    for address, proc in list(engine.processes.items()):
+        if not proc.alive and proc.restartable:
             engine.start(address)
     deadline = engine.now + int(config.liveness_s * NANOS_PER_SECOND)
     while not engine.stopped:

@@ -2,14 +2,16 @@
 
 ``Simulation(seed=..., nodes=..., faults=...).run(main)`` builds a simulated
 cluster (the GCS and a raylet per node, under the membership checkers), adds a
-driver process on the head node, and runs ``main`` as baton-threaded user code
-at virtual time zero. Faults follow the seed's plan during the safety phase; the
-run ends as soon as ``main`` returns. If ``main`` is still blocked when the
-faults heal, it has ``liveness`` virtual seconds more to finish.
+driver process (a ``CoreWorker``) on the head node, and runs ``main`` as
+baton-threaded user code at virtual time zero. Inside ``main`` the public API
+works unmodified: ``shoal.remote``, ``.remote()``, ``shoal.get/put/wait/cancel``
+go through the driver's core worker; raylets start simulated worker processes
+that run task bodies in baton threads of their own. ``shoal.sim.api`` adds
+shoal's clock (``now``, ``sleep``), the node table and the internal KV.
 
-Inside ``main``, the functions of ``shoal.sim.api`` (``now``, ``sleep``,
-``nodes``, the internal KV) block on shoal's clock and kernels, never on the
-wall clock, so a program replays exactly from its seed.
+Faults follow the seed's plan during the safety phase; the run ends as soon as
+``main`` returns. If ``main`` is still blocked when the faults heal, it has
+``liveness`` virtual seconds more to finish.
 """
 
 from __future__ import annotations
@@ -19,54 +21,12 @@ from dataclasses import dataclass
 from random import Random
 from typing import Any
 
-from shoal.kernel.buggify import Buggify
 from shoal.kernel.gcs import gcs_address
-from shoal.kernel.gcs_client import CallCompleted, GcsClient, KvCallRequested
-from shoal.kernel.gcs.protocol import KvRequest
 from shoal.kernel.messages import Address
-from shoal.sim.baton import Baton, SimFuture, UserThread
-from shoal.sim.engine import SimProcess, Store
+from shoal.sim.baton import Baton, UserThread
 from shoal.sim.harness import ClusterSim, RunConfig, RunResult, run_simulation
+from shoal.sim.task_host import TaskHost
 from shoal.sim.workloads.membership import MembershipWorkload
-
-
-class ProgramContext:
-    """What the API functions reach from a user thread: the driver and its calls."""
-
-    def __init__(self, sim: ClusterSim, baton: Baton, driver: Address) -> None:
-        self.sim = sim
-        self.baton = baton
-        self.driver = driver
-        self._calls: dict[int, SimFuture] = {}
-        self._next_call = 1
-
-    def driver_kernel(self) -> GcsClient:
-        kernel = self.sim.engine.processes[self.driver].kernel
-        assert isinstance(kernel, GcsClient)
-        return kernel
-
-    def kv_call(self, request: KvRequest) -> Any:
-        """Sends one KV request through the driver's GCS client and blocks for the answer."""
-        call_id = self._next_call
-        self._next_call += 1
-        future = self._calls[call_id] = SimFuture()
-        event = KvCallRequested(call_id=call_id, request=request)
-        self.sim.engine.call_at(self.sim.now, lambda: self._inject(event, future))
-        return self.baton.block(future)
-
-    def _inject(self, event: KvCallRequested, future: SimFuture) -> None:
-        if not self.sim.engine.inject(self.driver, event):
-            self.baton.resolve(future, error=RuntimeError("the driver process is not running"))
-
-    def on_completed(self, proc: SimProcess, effect: Any) -> None:
-        assert isinstance(effect, CallCompleted)
-        future = self._calls.pop(effect.call_id, None)
-        if future is None:
-            return
-        if effect.error:
-            self.baton.resolve(future, error=ValueError(effect.error))
-        else:
-            self.baton.resolve(future, value=effect.value)
 
 
 class ProgramWorkload(MembershipWorkload):
@@ -78,36 +38,45 @@ class ProgramWorkload(MembershipWorkload):
         super().__init__(rng)
         self._main = main
         self.thread: UserThread | None = None
-        self.context: ProgramContext | None = None
+        self.host: TaskHost | None = None
+        self.baton: Baton | None = None
+        self.driver: Address | None = None
 
     def setup(self, sim: ClusterSim) -> None:
         super().setup(sim)
         head = sim.node_ids[0]
-        driver = Address(node=head, component="driver")
-        gcs = gcs_address(head)
+        self.driver = Address(node=head, component="driver")
+        self.baton = Baton(sim.engine)
+        self.host = TaskHost(sim, self.baton, gcs_address(head))
+        self.host.add_core_worker(self.driver)
+        sim.engine.start(self.driver)
+        self.thread = self.host.spawn(self.driver, self._main, name="driver")
+        self.baton.on_finished.append(self._on_thread_finished)
 
-        def build(boot: int, store: Store, buggify: Buggify) -> GcsClient:
-            return GcsClient(gcs)
+    def _on_thread_finished(self, thread: UserThread) -> None:
+        if thread is self.thread:
+            self.on_main_finished()
 
-        sim.add_process(driver, build)
-        baton = Baton(sim.engine)
-        self.context = ProgramContext(sim, baton, driver)
-        sim.engine.effect_handlers[CallCompleted] = self.context.on_completed
-        baton.on_finished.append(lambda thread: sim.engine.stop())
-        sim.engine.start(driver)
-        self.thread = baton.spawn(self._run_main, name="driver")
+    def on_main_finished(self) -> None:
+        """The run ends when ``main`` returns (workloads may check more first)."""
+        assert self._sim is not None
+        self._sim.engine.stop()
 
-    def _run_main(self) -> Any:
-        from shoal.sim import api
-
-        api._bind(self.context)
-        return self._main()
+    def crash_targets(self) -> list[Address]:
+        targets = super().crash_targets()
+        # A "*" worker is resolved when the fault fires: some live worker of that node.
+        return targets + [Address(node=n, component="worker", worker="*")
+                          for n in self._raylets]
 
     def done(self) -> bool:
         return self.thread is not None and self.thread.finished
 
     def pending(self) -> str:
         return "the program's main() has not returned"
+
+    def shutdown(self) -> None:
+        if self.baton is not None:
+            self.baton.shutdown()
 
 
 @dataclass(slots=True)
@@ -150,12 +119,10 @@ class Simulation:
         try:
             report = run_simulation(self.config, workload)
         finally:
-            if workload.context is not None:
-                workload.context.baton.shutdown()
+            workload.shutdown()
         thread = workload.thread
         error = thread.error if thread else None
         if error is not None:
-            report.violations.append(
-                f"the program raised {type(error).__name__}: {error}")
+            report.violations.append(f"the program raised {type(error).__name__}: {error}")
         return SimulationResult(value=thread.result if thread else None, error=error,
                                 report=report)

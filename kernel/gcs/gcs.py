@@ -7,6 +7,8 @@ The GCS is a set of sub-machines behind one ``handle`` entry:
 * ``NodeDirectory`` (``membership.py``): node registration, heartbeats, failure
   detection, and the node table pushed to subscribers.
 * ``InternalKv`` (``kv.py``): the namespaced internal key-value store.
+* ``ClusterResources`` (``resources.py``): the soft-state cluster resource view,
+  following the node table; raylets report into it and get deltas back.
 
 Inputs: ``Started`` (process start: arm the health-check timer), ``Received``
 (a protocol message from a peer), ``TimerFired``. Effects: ``Send``,
@@ -38,6 +40,8 @@ from shoal.kernel.gcs.protocol import (
     SubscribeNodes,
     UnregisterNode,
 )
+from shoal.kernel.gcs.resource_protocol import ResourceReport
+from shoal.kernel.gcs.resources import ClusterResources, ResourceViewConfig
 from shoal.kernel.ids import Nanos, NodeId
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, SetTimer, Started, TimerFired
 
@@ -48,6 +52,7 @@ HEALTH_CHECK_TIMER = "gcs.health_check"
 class GcsConfig(msgspec.Struct, frozen=True, kw_only=True):
     membership: MembershipConfig = msgspec.field(default_factory=MembershipConfig)
     kv: KvConfig = msgspec.field(default_factory=KvConfig)
+    resources: ResourceViewConfig = msgspec.field(default_factory=ResourceViewConfig)
 
 
 def gcs_address(node_id: NodeId) -> Address:
@@ -69,6 +74,8 @@ class Gcs:
         tables = recovered or {}
         self.nodes = NodeDirectory(self.config.membership, buggify, tables.get(NODES_TABLE))
         self.kv = InternalKv(self.config.kv, tables.get(KV_TABLE))
+        self.resources = ClusterResources(self.config.resources)
+        self.resources.sync_nodes(self.nodes.rows)
 
     @property
     def node_table(self) -> tuple[NodeInfo, ...]:
@@ -76,6 +83,13 @@ class Gcs:
 
     def handle(self, event: GcsInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the GCS and returns the effects, in the order to run them."""
+        table_version = self.nodes.version
+        effects = self._dispatch(event, now)
+        if self.nodes.version != table_version:
+            self.resources.sync_nodes(self.nodes.rows)
+        return effects
+
+    def _dispatch(self, event: GcsInput, now: Nanos) -> list[Msg]:
         match event:
             case Received():
                 return self._on_received(event.src, event.msg, now)
@@ -83,6 +97,7 @@ class Gcs:
                 return self.nodes.on_health_check(now) + [self._arm_health_check(now)]
             case Started():
                 self.nodes.on_started(now)
+                self.resources.on_started(now)
                 return [self._arm_health_check(now)]
             case TimerFired():
                 return []  # a timer from before a restart: stale
@@ -106,6 +121,8 @@ class Gcs:
                 return self.nodes.on_unregister(src, msg)
             case KvPut() | KvGet() | KvDelete() | KvList() | KvExists():
                 return self.kv.on_request(src, msg)
+            case ResourceReport():
+                return self.resources.on_report(src, msg)
             case Rejected():
                 return []  # a peer refused something we sent; nothing to undo
         reason = (f"gcs: does not serve {type(msg).__name__} messages; "
@@ -115,3 +132,4 @@ class Gcs:
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the GCS's indexes disagree."""
         self.nodes.check_invariants()
+        self.resources.check_invariants(self.nodes.rows)

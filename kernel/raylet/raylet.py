@@ -2,18 +2,33 @@
 
 Theory of operation
 -------------------
-Responsibilities arrive as sub-machines behind one ``handle`` entry. Today:
+Responsibilities arrive as sub-machines behind one ``handle`` entry:
 
 * ``NodeMembership`` (``membership.py``): joining the cluster, heartbeats,
   rejoining under a new incarnation after being declared dead, and the node
   table view pushed by the GCS.
+* ``LeaseManager`` (``leases.py``): lease requests, the scheduling policy
+  (local first, spillback, infeasible requests kept), the node's resource
+  ledger and its ``WorkerPool`` (``workers.py``).
+* ``ClusterView`` and ``ResourceReporter`` (``resources.py``): the copy of the
+  GCS's resource view that spillback reads, and the ``ResourceReport`` sent
+  beside the heartbeat when the GCS's idea of this node is out of date, when a
+  pending request wants a fresher view, or every ``report_refresh_ticks``.
 
-Inputs: ``Started``, ``Received``, ``TimerFired``. Effects: ``Send``,
-``SetTimer``, ``CancelTimer``. Messages the raylet does not serve are answered
-with ``Rejected``; a ``Rejected`` from a peer is dropped (nothing to undo yet).
+The raylet glues them: a node-table or resource-view change lets the lease
+manager reclaim leases of dead owners and re-place pending requests; being
+declared dead (membership going from alive back to registering) makes it
+fate-share: every worker killed, every lease ended.
+
+Inputs: ``Started``, ``Received``, ``TimerFired``, and the host's
+``WorkerExited``. Effects: ``Send``, ``SetTimer``, ``CancelTimer``, and the
+host requests ``StartWorker``/``KillWorker``. Messages the raylet does not
+serve are answered with ``Rejected``; a ``Rejected`` from a peer is dropped.
 """
 
 from __future__ import annotations
+
+from random import Random
 
 import msgspec
 
@@ -25,8 +40,10 @@ from shoal.kernel.gcs.protocol import (
     NodeTableUpdate,
     Resources,
 )
+from shoal.kernel.gcs.resource_protocol import ResourceViewUpdate
 from shoal.kernel.ids import Nanos, NodeId
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, Started, TimerFired
+from shoal.kernel.raylet.leases import LeaseConfig, LeaseManager
 from shoal.kernel.raylet.membership import (
     HEARTBEAT_TIMER,
     REGISTER_TIMER,
@@ -34,8 +51,23 @@ from shoal.kernel.raylet.membership import (
     MemberPhase,
     NodeMembership,
 )
+from shoal.kernel.raylet.protocol import (
+    CancelLeaseRequest,
+    RegisterWorker,
+    RequestWorkerLease,
+    ReturnWorker,
+    WorkerBlocked,
+    WorkerExited,
+    WorkerUnblocked,
+)
+from shoal.kernel.raylet.resources import ClusterView, ResourceReporter
+from shoal.kernel.raylet.workers import (
+    IDLE_SWEEP_TIMER,
+    WORKER_START_TIMER_PREFIX,
+    WorkerPoolConfig,
+)
 
-RayletInput = Started | Received | TimerFired
+RayletInput = Started | Received | TimerFired | WorkerExited
 
 
 class RayletConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,6 +75,8 @@ class RayletConfig(msgspec.Struct, frozen=True, kw_only=True):
     resources: Resources = msgspec.field(default_factory=lambda: {"CPU": 1.0})
     endpoint: str = ""
     membership: MemberConfig = msgspec.field(default_factory=MemberConfig)
+    workers: WorkerPoolConfig = msgspec.field(default_factory=WorkerPoolConfig)
+    leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
 
 
 class Raylet:
@@ -54,6 +88,7 @@ class Raylet:
         config: RayletConfig,
         *,
         boot: int = 1,
+        seed: int = 0,
         buggify: Buggify = DISABLED,
     ) -> None:
         self.node_id = node_id
@@ -63,6 +98,13 @@ class Raylet:
             node_id, config.gcs, boot=boot, resources=config.resources,
             endpoint=config.endpoint, config=config.membership, buggify=buggify,
         )
+        self.cluster = ClusterView()
+        self.leases = LeaseManager(
+            node_id, boot=boot, resources=config.resources, config=config.leases,
+            pool_config=config.workers, nodes=self.membership.view, cluster=self.cluster,
+            rng=Random(seed),
+        )
+        self.reporter = ResourceReporter(node_id, config.leases.report_refresh_ticks)
 
     @property
     def phase(self) -> MemberPhase:
@@ -82,27 +124,84 @@ class Raylet:
             case Received():
                 return self._on_received(event.src, event.msg, now)
             case TimerFired(key=key) if key == HEARTBEAT_TIMER:
-                return self.membership.on_heartbeat_timer(now)
+                return self._on_heartbeat_timer(now)
             case TimerFired(key=key) if key == REGISTER_TIMER:
                 return self.membership.on_register_timer(now)
+            case TimerFired(key=key) if (key.startswith(WORKER_START_TIMER_PREFIX)
+                                         or key == IDLE_SWEEP_TIMER):
+                return self.leases.on_timer(key, now)
+            case WorkerExited():
+                return self.leases.on_worker_exited(event, now)
             case Started():
                 return self.membership.on_started(now)
         return []
 
     def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
+        leases = self.leases
         match msg:
-            case NodeTableUpdate():
-                return self.membership.on_table_update(msg)
-            case NodeRegistered():
-                return self.membership.on_registered(msg, now)
-            case NodeDeclaredDead():
-                return self.membership.on_declared_dead(msg, now)
+            case RequestWorkerLease():
+                return leases.on_request(src, msg, now)
+            case ReturnWorker():
+                return leases.on_return(src, msg, now)
+            case CancelLeaseRequest():
+                return leases.on_cancel(src, msg, now)
+            case RegisterWorker():
+                return leases.on_register(src, msg, now)
+            case WorkerBlocked():
+                return leases.on_blocked(src, msg.worker_id, True, now)
+            case WorkerUnblocked():
+                return leases.on_blocked(src, msg.worker_id, False, now)
+            case NodeTableUpdate() | NodeRegistered() | NodeDeclaredDead():
+                return self._on_membership(msg, now)
+            case ResourceViewUpdate() if src == self.config.gcs:
+                self.reporter.on_update(msg)
+                return leases.on_view_changed(now) if self.cluster.apply(msg) else []
             case Rejected():
                 return []
         reason = (f"raylet {self.node_id!r}: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")
         return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=reason))]
 
+    def _on_membership(self, msg: Msg, now: Nanos) -> list[Msg]:
+        membership = self.membership
+        phase, incarnation = membership.phase, membership.incarnation
+        version = membership.view.version
+        match msg:
+            case NodeTableUpdate():
+                effects = membership.on_table_update(msg)
+            case NodeRegistered():
+                effects = membership.on_registered(msg, now)
+            case NodeDeclaredDead():
+                effects = membership.on_declared_dead(msg, now)
+            case _:
+                return []
+        if phase is not MemberPhase.ALIVE and membership.phase is MemberPhase.ALIVE:
+            self.reporter.on_registered(membership.incarnation, self.leases.ledger)
+        if phase is MemberPhase.ALIVE and membership.phase is not MemberPhase.ALIVE:
+            cause = (f"node {self.node_id!r} was declared dead (incarnation {incarnation}); "
+                     "its raylet killed its workers to rejoin the cluster")
+            effects += self.leases.fate_share(cause, now)
+        if membership.view.version != version:
+            effects += self.leases.on_view_changed(now)
+        return effects
+
+    def _on_heartbeat_timer(self, now: Nanos) -> list[Msg]:
+        effects = self.membership.on_heartbeat_timer(now)
+        if not effects:
+            return effects  # not alive: no heartbeat, no report
+        pool = self.leases.pool
+        departed = (pool.departed_total, pool.departed_after(self.reporter.departed_acked))
+        report = self.reporter.on_tick(self.incarnation, self.leases.ledger, self.cluster,
+                                       self.leases.needs_view(), departed)
+        if report is not None:
+            effects.append(Send(dst=self.config.gcs, msg=report))
+        return effects
+
+    def quiescence_problems(self) -> list[str]:
+        """Leases, requests, resources or starting workers still held; [] when all is back."""
+        return self.leases.quiescence_problems()
+
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the raylet's indexes disagree."""
         self.membership.check_invariants()
+        self.leases.check_invariants()

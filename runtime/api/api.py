@@ -129,10 +129,17 @@ def _unique_infos(refs: list[ObjectRef]) -> dict[ObjectId, ObjectRefInfo]:
 
 def _value_of(result: Any, info: ObjectRefInfo) -> Any:
     if result.error is not None:
-        error = error_for(result, info.owner)
+        error: BaseException | None = error_for(result, info.owner)
         if isinstance(error, RayTaskError):
-            raise error.as_instanceof_cause()
-        raise error
+            error = error.as_instanceof_cause()
+        try:
+            raise error  # type: ignore[misc]
+        finally:
+            # A local holding the raised error makes a cycle (error -> traceback ->
+            # this frame -> error) that keeps the caller's frame, and every ObjectRef
+            # in it, alive until a garbage collection: refs would not be released
+            # when the program drops them.
+            error = None
     try:
         return deserialize(result.value)
     except RaySystemError as exc:

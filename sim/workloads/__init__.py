@@ -5,7 +5,7 @@ from __future__ import annotations
 from random import Random
 from typing import Any
 
-WORKLOADS = ("membership",)
+WORKLOADS = ("membership", "tasks")
 
 
 class UnknownWorkload(ValueError):
@@ -17,5 +17,8 @@ def make_workload(name: str, rng: Random) -> Any:
     if name == "membership":
         from shoal.sim.workloads.membership import MembershipWorkload
         return MembershipWorkload(rng)
+    if name == "tasks":
+        from shoal.sim.workloads.tasks import TasksWorkload
+        return TasksWorkload(rng)
     raise UnknownWorkload(
         f"unknown workload {name!r}; choose one of: {', '.join(WORKLOADS)}")
