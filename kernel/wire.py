@@ -14,6 +14,8 @@ import msgspec
 from shoal.kernel.gcs import protocol as gcs
 from shoal.kernel.gcs import resource_protocol as resources
 from shoal.kernel.messages import Address, Msg, Rejected
+from shoal.kernel.core_worker import protocol as core
+from shoal.kernel.raylet import object_protocol as objects
 from shoal.kernel.raylet import protocol as raylet
 
 WIRE_TYPES: tuple[type[Msg], ...] = (
@@ -26,6 +28,12 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     raylet.RequestWorkerLease, raylet.LeaseGranted, raylet.LeaseSpillback, raylet.LeaseRejected,
     raylet.CancelLeaseRequest, raylet.ReturnWorker, raylet.ReturnWorkerAck,
     raylet.LeasedWorkerDied, raylet.RegisterWorker, raylet.WorkerBlocked, raylet.WorkerUnblocked,
+    raylet.LeaseCheck, raylet.LeaseCheckReply,
+    objects.PinObject, objects.PullObject, objects.ObjectLocal, objects.ObjectLocationAdded,
+    objects.ObjectUnavailable, objects.FreeObjects, objects.RequestObject, objects.ObjectChunk,
+    objects.ObjectMissing,
+    core.PushTask, core.TaskRunning, core.TaskDone, core.CancelTask, core.GetObject,
+    core.ObjectStatus, core.RefReleased,
 )
 
 WireMessage = Union[WIRE_TYPES]  # type: ignore[valid-type]

@@ -87,3 +87,17 @@ def kill_worker_running(ref: Any) -> bool:
     while it has retries left.
     """
     return bool(_context().host.kill_worker_running(ref.object_id))
+
+
+def kill_node(node_id: str, *, restart_after: float = 1.0) -> None:
+    """Fault injection: crashes the raylet of ``node_id`` (its workers and object store
+    go with it) and restarts it ``restart_after`` virtual seconds later, as a new
+    incarnation."""
+    from shoal.kernel.messages import Address
+
+    engine = _context().engine
+    raylet = Address(node=node_id, component="raylet")
+    if raylet not in engine.processes:
+        raise ValueError(f"no node {node_id!r} in this simulation")
+    engine.call_at(engine.now, lambda: engine.crash(raylet))
+    engine.call_at(engine.now + int(restart_after * 1e9), lambda: engine.start(raylet))

@@ -25,10 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from shoal.kernel.buggify import Buggify
 from shoal.kernel.core_worker import CoreWorker
 from shoal.kernel.core_worker.protocol import (
     CancelRequested,
+    LocalObject,
     ExecuteTask,
     GetCompleted,
     GetRequested,
@@ -44,8 +47,21 @@ from shoal.kernel.core_worker.protocol import (
 from shoal.kernel.gcs_client import CallCompleted, KvCallRequested
 from shoal.kernel.ids import NANOS_PER_MILLI, NodeId, ObjectId, TaskId, WorkerId
 from shoal.kernel.messages import Address, Msg
+from shoal.kernel.raylet.object_protocol import (
+    DeleteObject,
+    ObjectChunk,
+    ObjectMissing,
+    SendObjectChunks,
+    WriteObjectChunk,
+)
 from shoal.kernel.raylet.protocol import KillWorker, StartWorker, WorkerExited
-from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec, producing_task
+from shoal.kernel.task_spec import (
+    INLINE_BYTES_MAX,
+    ObjectRefInfo,
+    Payload,
+    TaskSpec,
+    producing_task,
+)
 from shoal.sim.baton import Baton, SimFuture, UserThread
 from shoal.sim.engine import SimProcess, Store
 from shoal.sim.harness import ClusterSim
@@ -76,10 +92,16 @@ class TaskHost:
         handlers[KillWorker] = self._on_kill_worker
         handlers[ExecuteTask] = self._on_execute
         handlers[InterruptTask] = self._on_interrupt
+        handlers[SendObjectChunks] = self._on_send_chunks
+        handlers[WriteObjectChunk] = self._on_write_chunk
+        handlers[DeleteObject] = self._on_delete_object
         handlers[GetCompleted] = self._on_completed
         handlers[WaitCompleted] = self._on_completed
         handlers[CallCompleted] = self._on_completed
         self._thread_states: dict[UserThread, _ProcessState] = {}
+        # Each node's object store: the bytes of values above the inline limit.
+        self.stores: dict[NodeId, dict[ObjectId, bytes]] = {}
+        self._partial: dict[tuple[NodeId, ObjectId], bytearray] = {}
         self.engine.crash_hooks.append(self._on_crash)
         baton.before_block.append(self._flush_refs_of)
         baton.on_finished.append(self._forget_thread)
@@ -151,9 +173,73 @@ class TaskHost:
             self.engine.call_at(self.engine.now + NANOS_PER_MILLI,
                                 lambda: self.engine.inject(raylet, exited))
         elif address.component == "raylet":
+            # The store lives in the raylet's process: its objects die with it.
+            self.stores.pop(address.node, None)
+            for key in [k for k in self._partial if k[0] == address.node]:
+                del self._partial[key]
             for other, proc in self.engine.processes.items():
                 if other.node == address.node and other.component == "worker" and proc.alive:
                     self.engine.crash(other)
+
+    # --- the node object stores ------------------------------------------------
+
+    def store_put(self, node: NodeId, object_id: ObjectId, data: bytes) -> None:
+        self.stores.setdefault(node, {})[object_id] = data
+
+    def store_read(self, node: NodeId, object_id: ObjectId) -> bytes:
+        data = self.stores.get(node, {}).get(object_id)
+        if data is None:
+            from shoal.runtime.api.exceptions import ObjectLostError
+
+            raise ObjectLostError(
+                f"object {object_id} is not in the object store of node {node} any more")
+        return data
+
+    def _on_send_chunks(self, proc: SimProcess, effect: Msg) -> None:
+        assert isinstance(effect, SendObjectChunks)
+        data = self.stores.get(proc.address.node, {}).get(effect.object_id)
+        if data is None:
+            self.engine.send(proc.address, effect.dst, ObjectMissing(object_id=effect.object_id))
+            return
+        step = effect.chunk_bytes
+        count = max(1, -(-len(data) // step))
+        for index in effect.chunks:
+            if index < count:
+                chunk = ObjectChunk(object_id=effect.object_id, index=index, chunk_count=count,
+                                    size=len(data), data=data[index * step:(index + 1) * step])
+                self.engine.send(proc.address, effect.dst, chunk)
+
+    def _on_write_chunk(self, proc: SimProcess, effect: Msg) -> None:
+        assert isinstance(effect, WriteObjectChunk)
+        key = (proc.address.node, effect.object_id)
+        buffer = self._partial.get(key)
+        if buffer is None:
+            buffer = self._partial[key] = bytearray(effect.total_size)
+        buffer[effect.offset:effect.offset + len(effect.data)] = effect.data
+        raylet = proc.kernel
+        if raylet is not None and raylet.objects.is_local(effect.object_id):  # type: ignore[attr-defined]
+            self.store_put(proc.address.node, effect.object_id, bytes(self._partial.pop(key)))
+
+    def _on_delete_object(self, proc: SimProcess, effect: Msg) -> None:
+        assert isinstance(effect, DeleteObject)
+        self.stores.get(proc.address.node, {}).pop(effect.object_id, None)
+        self._partial.pop((proc.address.node, effect.object_id), None)
+
+    def _store_large(self, node: NodeId, result: ObjectResult) -> ObjectResult:
+        """A return value above the inline limit goes to this node's store."""
+        value = result.value
+        if value is None or len(value.data) <= INLINE_BYTES_MAX:
+            return result
+        self.store_put(node, result.object_id, value.data)
+        return ObjectResult(object_id=result.object_id, value=Payload(data=b"", contained=value.contained),
+                            stored=True, locations=(node,), size=len(value.data))
+
+    def _read_stored(self, node: NodeId, result: ObjectResult) -> ObjectResult:
+        if not result.stored or result.error is not None:
+            return result
+        contained = result.value.contained if result.value is not None else ()
+        data = self.store_read(node, result.object_id)
+        return ObjectResult(object_id=result.object_id, value=Payload(data=data, contained=contained))
 
     # --- user code -----------------------------------------------------------
 
@@ -189,15 +275,23 @@ class TaskHost:
 
             state.context.current_task = spec
             try:
-                executed = execute(spec, effect.args, effect.function, state.context)
+                args = tuple(self._arg_payload(address.node, a) for a in effect.args)
+                executed = execute(spec, args, effect.function, state.context)
             finally:
                 state.context.current_task = None
+            executed = msgspec.structs.replace(executed, results=tuple(
+                self._store_large(address.node, r) for r in executed.results))
             state.context.flush_refs()
             state.running.pop(spec.task_id, None)
             if proc.boot == boot:
                 self.engine.inject(address, executed)
 
         self.spawn(address, run, name=f"{address}:{spec.name}", task_id=spec.task_id)
+
+    def _arg_payload(self, node: NodeId, arg: Payload | LocalObject) -> Payload:
+        if isinstance(arg, LocalObject):
+            return Payload(data=self.store_read(node, arg.object_id), contained=arg.contained)
+        return arg
 
     def _on_interrupt(self, proc: SimProcess, effect: Msg) -> None:
         assert isinstance(effect, InterruptTask)
@@ -278,7 +372,12 @@ class SimWorkerContext:
         self._inject(TaskSubmitted(spec=spec, function=function))
 
     def put_object(self, object_id: ObjectId, payload: Payload) -> None:
-        self._inject(ObjectPut(object_id=object_id, value=payload))
+        if len(payload.data) <= INLINE_BYTES_MAX:
+            self._inject(ObjectPut(object_id=object_id, value=payload))
+            return
+        self._host.store_put(self.node_id, object_id, payload.data)
+        self._inject(ObjectPut(object_id=object_id, value=Payload(data=b"", contained=payload.contained),
+                               stored=True, size=len(payload.data)))
 
     def get_objects(self, refs: list[ObjectRefInfo], timeout_s: float | None) -> list[ObjectResult]:
         call_id, future = self._new_call()
@@ -340,7 +439,12 @@ class SimWorkerContext:
         if future is None:
             return
         if isinstance(effect, GetCompleted):
-            self._host.baton.resolve(future, value=effect.results)
+            try:
+                results = [self._host._read_stored(self.node_id, r) for r in effect.results]
+            except Exception as error:  # noqa: BLE001 - a copy vanished: the get fails with it
+                self._host.baton.resolve(future, error=error)
+                return
+            self._host.baton.resolve(future, value=results)
         elif isinstance(effect, WaitCompleted):
             self._host.baton.resolve(future, value=effect.ready)
         elif isinstance(effect, CallCompleted):

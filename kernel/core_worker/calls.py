@@ -39,6 +39,7 @@ class _Call:
     need: int  # how many must be done: all for get, num_returns for wait
     is_get: bool
     has_timer: bool
+    fetch_local: bool = True  # done means readable here, not just finished somewhere
 
 
 class CallTable:
@@ -65,7 +66,8 @@ class CallTable:
 
     def on_wait(self, msg: WaitRequested, now: Nanos) -> list[Msg]:
         call = _Call(call_id=msg.call_id, refs=msg.refs, need=min(msg.num_returns, len(msg.refs)),
-                     is_get=False, has_timer=msg.timeout_ns is not None)
+                     is_get=False, has_timer=msg.timeout_ns is not None,
+                     fetch_local=msg.fetch_local)
         return self._start(call, msg.timeout_ns, now)
 
     def _start(self, call: _Call, timeout_ns: int | None, now: Nanos) -> list[Msg]:
@@ -73,6 +75,8 @@ class CallTable:
         for info in call.refs:
             self._objects.ensure(info).tasks += 1  # pinned while the call waits
             effects += self._objects.fetch(info, now)
+            if call.fetch_local:
+                effects += self._objects.ensure_local(info.object_id)
         if self._done_count(call) >= call.need:
             return effects + self._finish(call, timed_out=False)
         self._calls[call.call_id] = call
@@ -87,6 +91,8 @@ class CallTable:
         if not waiting:
             return []
         effects: list[Msg] = []
+        if any(self._calls[c].fetch_local for c in waiting if c in self._calls):
+            effects += self._objects.ensure_local(object_id)
         for call_id in list(waiting):
             call = self._calls.get(call_id)
             if call is not None and self._done_count(call) >= call.need:
@@ -108,7 +114,12 @@ class CallTable:
         return effects
 
     def _done_count(self, call: _Call) -> int:
-        return sum(1 for info in call.refs if self._objects.result(info.object_id) is not None)
+        return sum(1 for info in call.refs if self._is_done(call, info.object_id))
+
+    def _is_done(self, call: _Call, object_id: ObjectId) -> bool:
+        if call.fetch_local:
+            return self._objects.readable(object_id)
+        return self._objects.result(object_id) is not None
 
     def _finish(self, call: _Call, *, timed_out: bool) -> list[Msg]:
         self._calls.pop(call.call_id, None)
@@ -126,7 +137,7 @@ class CallTable:
             effects.append(GetCompleted(call_id=call.call_id, results=results))
         else:
             ready = tuple(info.object_id for info in call.refs
-                          if self._objects.result(info.object_id) is not None)
+                          if self._is_done(call, info.object_id))
             effects.append(WaitCompleted(call_id=call.call_id, ready=ready[: max(call.need, 0)]
                                          if not timed_out else ready))
         for info in call.refs:  # unpin after reading the results
@@ -135,7 +146,7 @@ class CallTable:
 
     def _result_or_timeout(self, object_id: ObjectId) -> ObjectResult:
         result = self._objects.result(object_id)
-        if result is not None:
+        if result is not None and self._objects.readable(object_id):
             return result
         return ObjectResult(object_id=object_id, error=ObjectError(
             kind="get_timeout", message=(

@@ -56,9 +56,16 @@ from shoal.kernel.core_worker.submitter import (
 )
 from shoal.kernel.gcs.protocol import NodeTableUpdate
 from shoal.kernel.gcs_client import POLL_TIMER, GcsClient, GcsClientConfig, KvCallRequested
-from shoal.kernel.ids import NANOS_PER_MILLI, Nanos, NodeId, TaskId, WorkerId
+from shoal.kernel.ids import NANOS_PER_MILLI, Nanos, NodeId, ObjectId, TaskId, WorkerId
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, Started, TimerFired
+from shoal.kernel.raylet.object_protocol import (
+    ObjectLocal,
+    ObjectLocationAdded,
+    ObjectUnavailable,
+    PinObject,
+)
 from shoal.kernel.raylet.protocol import (
+    LeaseCheck,
     LeasedWorkerDied,
     LeaseGranted,
     LeaseRejected,
@@ -94,12 +101,13 @@ class CoreWorker:
         self.executor = Executor(address, self.objects)
         self.gcs_client = GcsClient(gcs, self.config.gcs_client)
         self._dead_nodes: dict[NodeId, None] = {}
+        self._incarnations: dict[NodeId, int] = {}
 
     def handle(self, event: CoreWorkerInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the core worker and returns the effects, in order."""
         effects = self._dispatch(event, now)
         effects += self._announce_completions(now)
-        return effects + self.submitter.return_idle_leases(now)
+        return effects + self.submitter.settle(now)
 
     def _dispatch(self, event: CoreWorkerInput, now: Nanos) -> list[Msg]:
         match event:
@@ -139,7 +147,14 @@ class CoreWorker:
         info = ObjectRefInfo(object_id=event.object_id, owner=self.address)
         self.objects.add_owned_pending(event.object_id)
         effects = self.objects.change_local(info, +1)  # the put's own ref, released below
-        effects += self.objects.store(ObjectResult(object_id=event.object_id, value=event.value))
+        if event.stored:
+            effects.append(Send(dst=self.raylet, msg=PinObject(
+                object_id=event.object_id, owner=self.address, size=event.size)))
+            result = ObjectResult(object_id=event.object_id, value=event.value, stored=True,
+                                  locations=(self.address.node,), size=event.size)
+        else:
+            result = ObjectResult(object_id=event.object_id, value=event.value)
+        effects += self.objects.store(result)
         return effects + self.objects.change_local(info, -1)
 
     def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
@@ -167,6 +182,14 @@ class CoreWorker:
                 return s.on_worker_died(msg, now)
             case RefReleased():
                 return self.objects.on_ref_released(src, msg)
+            case LeaseCheck():
+                return [Send(dst=src, msg=self.submitter.lease_check_reply(msg))]
+            case ObjectLocal():
+                return self.objects.on_object_local(msg)
+            case ObjectUnavailable():
+                return self.objects.on_object_unavailable(msg, now)
+            case ObjectLocationAdded():
+                return self.objects.on_location_added(msg)
             case CancelTask():
                 return self.executor.on_cancel(src, msg)
             case NodeTableUpdate():
@@ -181,16 +204,23 @@ class CoreWorker:
 
     def _on_node_table(self, msg: NodeTableUpdate, now: Nanos) -> list[Msg]:
         self.gcs_client.handle(Received(src=self.gcs_client.gcs, msg=msg), now=now)
-        newly_dead = {
-            info.node_id for info in self.gcs_client.view.nodes.values()
-            if info.state == "dead" and info.node_id not in self._dead_nodes
-        }
+        newly_dead: dict[NodeId, None] = {}
+        for info in self.gcs_client.view.nodes.values():
+            seen = self._incarnations.get(info.node_id, info.incarnation)
+            # A node that rejoined under a new incarnation lost everything it had, too.
+            if info.incarnation > seen or (info.state == "dead" and info.node_id not in self._dead_nodes):
+                newly_dead[info.node_id] = None
+            self._incarnations[info.node_id] = info.incarnation
+            if info.state == "dead":
+                self._dead_nodes[info.node_id] = None
+            else:
+                self._dead_nodes.pop(info.node_id, None)
         if not newly_dead:
             return []
-        for node_id in sorted(newly_dead):
-            self._dead_nodes[node_id] = None
-        effects = self.submitter.on_nodes_dead(newly_dead, now)
-        return effects + self.calls.fail_objects(self.objects.fail_owned_by(newly_dead))
+        self.objects.drop_locations(newly_dead)
+        dead_set = set(newly_dead)
+        effects = self.submitter.on_nodes_dead(dead_set, now)
+        return effects + self.calls.fail_objects(self.objects.fail_owned_by(dead_set))
 
     def _on_timer(self, event: TimerFired, now: Nanos) -> list[Msg]:
         key = event.key
@@ -209,13 +239,28 @@ class CoreWorker:
         return []
 
     def _announce_completions(self, now: Nanos) -> list[Msg]:
-        effects: list[Msg] = []
-        while self.objects.completed:
-            object_id = self.objects.completed.pop(0)
-            effects += self.calls.on_object_done(object_id)
-            effects += self.submitter.on_object_done(object_id, now)
-            effects += self.executor.on_object_done(object_id)
+        objects, effects = self.objects, []
+        while objects.completed or objects.lost or objects.freed_ids:
+            while objects.completed:
+                object_id = objects.completed.pop(0)
+                effects += self.calls.on_object_done(object_id)
+                effects += self.submitter.on_object_done(object_id, now)
+                effects += self.executor.on_object_done(object_id)
+            while objects.lost:
+                effects += self._on_lost(objects.lost.pop(0), now)
+            while objects.freed_ids:
+                effects += self.submitter.forget_lineage(objects.freed_ids.pop(0))
         return effects
+
+    def _on_lost(self, object_id: ObjectId, now: Nanos) -> list[Msg]:
+        """Every copy of an owned stored object is gone: rebuild it, or report it lost."""
+        rebuilt = self.submitter.reconstruct(object_id, now)
+        if rebuilt is not None:
+            return rebuilt
+        return self.objects.fail_lost(object_id, (
+            f"object {object_id} is lost: every node that held a copy died, and it cannot "
+            "be rebuilt (it was put, not returned by a task, or its task has no retries "
+            "left); keep such objects alive by re-creating them, or raise max_retries"))
 
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the sub-machines disagree."""

@@ -27,6 +27,7 @@ from shoal.kernel.core_worker.protocol import (
     CancelTask,
     ExecuteTask,
     InterruptTask,
+    LocalObject,
     ObjectError,
     ObjectResult,
     PushTask,
@@ -36,6 +37,7 @@ from shoal.kernel.core_worker.protocol import (
 )
 from shoal.kernel.ids import Nanos, ObjectId, TaskId
 from shoal.kernel.messages import Address, Msg, Send
+from shoal.kernel.raylet.object_protocol import PinObject
 from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
 
 DONE_CACHE_MAX = 256
@@ -51,7 +53,7 @@ class _Execution:
     push: PushTask
     owner: Address
     phase: ExecPhase = ExecPhase.RESOLVING
-    args: list[Payload | None] = field(default_factory=list)
+    args: list[Payload | LocalObject | None] = field(default_factory=list)
     waiting: dict[ObjectId, list[int]] = field(default_factory=dict)
     counted: list[ObjectRefInfo] = field(default_factory=list)  # ref args pinned here
     cancelled: bool = False
@@ -111,13 +113,14 @@ class Executor:
             run.counted.append(arg.ref)
             effects += self._objects.change_tasks(arg.ref, +1)
             result = self._objects.result(arg.ref.object_id)
-            if result is not None:
-                run.args[index] = result.value
-                if result.error is not None:
-                    return effects + self._fail(run, result.error)
+            if result is not None and result.error is not None:
+                return effects + self._fail(run, result.error)
+            if result is not None and self._objects.readable(arg.ref.object_id):
+                run.args[index] = _arg_value(result)
                 continue
             run.waiting.setdefault(arg.ref.object_id, []).append(index)
             effects += self._objects.fetch(arg.ref, now)
+            effects += self._objects.ensure_local(arg.ref.object_id)
         return effects + self._maybe_run(run)
 
     def on_object_done(self, object_id: ObjectId) -> list[Msg]:
@@ -125,11 +128,14 @@ class Executor:
         if run is None or object_id not in run.waiting:
             return []
         result = self._objects.result(object_id)
-        assert result is not None
+        if result is None:
+            return []  # went back to pending (its copies were lost): wait again
         if result.error is not None:
             return self._fail(run, result.error)
+        if not self._objects.readable(object_id):
+            return self._objects.ensure_local(object_id)
         for index in run.waiting.pop(object_id):
-            run.args[index] = result.value
+            run.args[index] = _arg_value(result)
         return self._maybe_run(run)
 
     def _maybe_run(self, run: _Execution) -> list[Msg]:
@@ -145,6 +151,12 @@ class Executor:
         args = tuple(a if a is not None else Payload(data=b"") for a in run.args)
         return [ExecuteTask(spec=spec, args=args, function=function)]
 
+    def _pin_stored(self, results: tuple[ObjectResult, ...], owner: Address) -> list[Msg]:
+        """Pins this node's primary copies of stored returns for their owner."""
+        raylet = Address(node=self._me.node, component="raylet")
+        return [Send(dst=raylet, msg=PinObject(object_id=r.object_id, owner=owner, size=r.size))
+                for r in results if r.stored and r.error is None]
+
     def on_executed(self, msg: TaskExecuted, now: Nanos) -> list[Msg]:
         run = self._current
         if run is None or run.key != (msg.task_id, msg.attempt):
@@ -155,7 +167,7 @@ class Executor:
                     self._objects.add_borrower(inner.object_id, run.owner)
         done = TaskDone(task_id=msg.task_id, attempt=msg.attempt, results=msg.results,
                         retryable_error=msg.retryable_error, borrowed=msg.borrowed)
-        return self._complete(run, done, now)
+        return self._pin_stored(msg.results, run.owner) + self._complete(run, done, now)
 
     def _fail(self, run: _Execution, error: ObjectError) -> list[Msg]:
         spec = run.push.spec
@@ -196,3 +208,11 @@ def _cancelled(spec: TaskSpec) -> ObjectError:
     return ObjectError(kind="task_cancelled", message=(
         f"task {spec.name} ({spec.task_id}) was cancelled before it finished; "
         "its results will never be available"))
+
+
+def _arg_value(result: ObjectResult) -> Payload | LocalObject | None:
+    """An argument for the host: inline bytes, or a pointer into this node's store."""
+    if result.stored:
+        contained = result.value.contained if result.value is not None else ()
+        return LocalObject(object_id=result.object_id, contained=contained)
+    return result.value

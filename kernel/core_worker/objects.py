@@ -35,10 +35,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from shoal.kernel.core_worker.protocol import GetObject, ObjectError, ObjectResult, ObjectStatus, RefReleased
+import msgspec
+
+from shoal.kernel.core_worker.protocol import (
+    GetObject,
+    ObjectError,
+    ObjectResult,
+    ObjectStatus,
+    RefReleased,
+)
 from shoal.kernel.errors import InvalidTransition, InvariantViolation
 from shoal.kernel.ids import Nanos, NodeId, ObjectId
 from shoal.kernel.messages import Address, CancelTimer, Msg, Send, SetTimer
+from shoal.kernel.raylet.object_protocol import (
+    FreeObjects,
+    ObjectLocal,
+    ObjectLocationAdded,
+    ObjectUnavailable,
+    PullObject,
+)
 from shoal.kernel.task_spec import ObjectRefInfo
 
 FETCH_TIMER_PREFIX = "obj.fetch."
@@ -81,13 +96,19 @@ class _Ref:
 class ObjectTable:
     """Refs, counts and values of one process. A sub-machine of ``CoreWorker``."""
 
-    def __init__(self, me: Address, fetch_retry_ns: Nanos) -> None:
+    def __init__(self, me: Address, fetch_retry_ns: Nanos, raylet: Address | None = None) -> None:
         self.me = me
+        self._raylet = raylet or Address(node=me.node, component="raylet")
         self._fetch_retry_ns = fetch_retry_ns
         self._refs: dict[ObjectId, _Ref] = {}
+        self._local: dict[ObjectId, None] = {}  # stored objects present in this node's store
+        self._pulling: dict[ObjectId, None] = {}
         self.freed = 0
-        # Objects that became done, for the core worker to announce to waiters.
+        # For the core worker to drain after each input: objects that became done (or
+        # readable here), owned stored objects whose every copy is gone, and freed ids.
         self.completed: list[ObjectId] = []
+        self.lost: list[ObjectId] = []
+        self.freed_ids: list[ObjectId] = []
 
     # --- introspection ---------------------------------------------------
 
@@ -100,6 +121,78 @@ class ObjectTable:
     def result(self, object_id: ObjectId) -> ObjectResult | None:
         ref = self._refs.get(object_id)
         return ref.result if ref is not None and ref.phase is not ObjPhase.PENDING else None
+
+    def readable(self, object_id: ObjectId) -> bool:
+        """Done, and (for a stored object) present in this node's store."""
+        result = self.result(object_id)
+        if result is None:
+            return False
+        return (result.error is not None or not result.stored or object_id in self._local
+                or self.me.node in result.locations)
+
+    def ensure_local(self, object_id: ObjectId) -> list[Msg]:
+        """Asks the local raylet to pull a stored object that is not here yet."""
+        result = self.result(object_id)
+        if (result is None or not result.stored or result.error is not None
+                or object_id in self._local or object_id in self._pulling):
+            return []
+        if self.me.node in result.locations:
+            self._local[object_id] = None
+            return []
+        self._pulling[object_id] = None
+        owner = self._refs[object_id].owner
+        return [Send(dst=self._raylet, msg=PullObject(
+            object_id=object_id, owner=owner, locations=result.locations, size=result.size))]
+
+    def on_object_local(self, msg: ObjectLocal) -> list[Msg]:
+        if self._pulling.pop(msg.object_id, 0) == 0 or msg.object_id not in self._refs:
+            return []  # not asked for, or freed meanwhile
+        self._local[msg.object_id] = None
+        self.completed.append(msg.object_id)
+        return []
+
+    def on_object_unavailable(self, msg: ObjectUnavailable, now: Nanos) -> list[Msg]:
+        self._pulling.pop(msg.object_id, None)
+        ref = self._refs.get(msg.object_id)
+        if ref is None or ref.phase is not ObjPhase.READY:
+            return []
+        if ref.owned:
+            self.lost.append(ref.object_id)
+            return []
+        # Ask the owner again after a pause: it may be rebuilding the object elsewhere.
+        self._release_contained(ref)
+        self._move(ref, ObjPhase.PENDING)
+        ref.result, ref.fetching = None, True
+        return [SetTimer(key=FETCH_TIMER_PREFIX + ref.object_id, at_ns=now + self._fetch_retry_ns)]
+
+    def on_location_added(self, msg: ObjectLocationAdded) -> list[Msg]:
+        ref = self._refs.get(msg.object_id)
+        result = ref.result if ref is not None and ref.owned else None
+        if result is None or not result.stored or msg.node_id in result.locations:
+            return []
+        ref.result = msgspec.structs.replace(result, locations=result.locations + (msg.node_id,))
+        return []
+
+    def drop_locations(self, dead: dict[NodeId, None]) -> None:
+        """Owned stored objects forget copies on dead nodes; those left with none are lost."""
+        for ref in self._refs.values():
+            result = ref.result
+            if not ref.owned or result is None or not result.stored:
+                continue
+            kept = tuple(n for n in result.locations if n not in dead)
+            if kept != result.locations:
+                ref.result = msgspec.structs.replace(result, locations=kept)
+                if not kept:
+                    self.lost.append(ref.object_id)
+
+    def fail_lost(self, object_id: ObjectId, message: str) -> list[Msg]:
+        """An owned object cannot be rebuilt: its value becomes an ``object_lost`` error."""
+        ref = self._refs.get(object_id)
+        if ref is None:
+            return []
+        self.reset_pending(object_id)
+        return self.store(ObjectResult(object_id=object_id, error=ObjectError(
+            kind="object_lost", message=message)))
 
     def owned_ids(self) -> list[ObjectId]:
         return [oid for oid, ref in self._refs.items() if ref.owned]
@@ -150,6 +243,7 @@ class ObjectTable:
             self._release_contained(ref)
             self._move(ref, ObjPhase.PENDING)
             ref.result = None
+            self._local.pop(object_id, None)
 
     # --- counts ----------------------------------------------------------
 
@@ -192,8 +286,16 @@ class ObjectTable:
         if ref.fetching and not ref.owned:
             return []  # drop it when the fetch answers: a get may still want it
         del self._refs[ref.object_id]
+        self._local.pop(ref.object_id, None)
+        self._pulling.pop(ref.object_id, None)
         self.freed += 1
+        self.freed_ids.append(ref.object_id)
         effects: list[Msg] = []
+        result = ref.result
+        if ref.owned and result is not None and result.stored:
+            for node in result.locations:
+                effects.append(Send(dst=Address(node=node, component="raylet"),
+                                    msg=FreeObjects(object_ids=(ref.object_id,))))
         if not ref.owned and ref.registered_borrower:
             effects.append(Send(dst=ref.owner, msg=RefReleased(object_id=ref.object_id)))
         for dst in ref.remote_waiters:

@@ -33,6 +33,11 @@ ErrorKind = Literal[
     "get_timeout",
     "node_died",
     "infeasible",
+    # actor calls (issue #4): the actor is dead (``data``: the pickled constructor
+    # error, if it raised), cannot be reached, or has too many calls pending.
+    "actor_died",
+    "actor_unavailable",
+    "pending_calls_exceeded",
 ]
 
 
@@ -45,11 +50,26 @@ class ObjectError(Msg):
 
 
 class ObjectResult(Msg):
-    """One object's outcome as the owner reports it."""
+    """One object's outcome as the owner reports it.
+
+    Small values travel inline in ``value``. A value above the inline limit is
+    ``stored``: its bytes live in the object stores of ``locations`` (``size``
+    bytes), and ``value`` carries only the refs nested in it (empty data).
+    """
 
     object_id: ObjectId
     value: Payload | None = None
     error: ObjectError | None = None
+    stored: bool = False
+    locations: tuple[NodeId, ...] = ()
+    size: Count = 0
+
+
+class LocalObject(Msg):
+    """An argument of ``ExecuteTask`` to read from this node's object store."""
+
+    object_id: ObjectId
+    contained: tuple[ObjectRefInfo, ...] = ()
 
 
 # --- owner <-> executor ----------------------------------------------------
@@ -107,8 +127,14 @@ class TaskSubmitted(Msg):
 
 
 class ObjectPut(Msg):
+    """User code put a value: inline in ``value``, or (``stored``) already written to
+    this node's object store by the host, ``size`` bytes, with ``value`` holding
+    only its nested refs."""
+
     object_id: ObjectId
     value: Payload
+    stored: bool = False
+    size: Count = 0
 
 
 class GetRequested(Msg):
@@ -163,7 +189,7 @@ class ExecuteTask(Msg):
     """Run the user function of ``spec`` with resolved top-level ``args``."""
 
     spec: TaskSpec
-    args: tuple[Payload, ...]
+    args: tuple[Payload | LocalObject, ...]
     function: bytes
 
 

@@ -45,6 +45,9 @@ from shoal.kernel.errors import InvalidTransition, InvariantViolation
 from shoal.kernel.ids import Nanos, NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, CancelTimer, Msg, Send, SetTimer
 from shoal.kernel.raylet.protocol import (
+    CancelLeaseRequest,
+    LeaseCheck,
+    LeaseCheckReply,
     LeasedWorkerDied,
     LeaseGranted,
     LeaseRejected,
@@ -53,7 +56,7 @@ from shoal.kernel.raylet.protocol import (
     ReturnWorker,
     ReturnWorkerAck,
 )
-from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec, producing_task
 
 LEASE_TIMER_PREFIX = "lease.retry."
 PUSH_TIMER_PREFIX = "task.push."
@@ -93,6 +96,17 @@ class _Task:
     retries_left: int = 0
     cancelled: bool = False
     silent_pushes: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Lineage:
+    """A finished task kept so its stored returns can be rebuilt if their copies are lost.
+
+    While kept, its arguments stay referenced (a rebuild needs them)."""
+
+    spec: TaskSpec
+    function: bytes
+    retries_left: int
 
 
 @dataclass(slots=True, eq=False)
@@ -142,6 +156,7 @@ class Submitter:
         self._leases: dict[str, _Lease] = {}
         self._returning: dict[str, _Lease] = {}
         self._requests: dict[int, _Request] = {}
+        self._lineage: dict[TaskId, _Lineage] = {}
         self._next_request = 1
         self.finished = 0
 
@@ -297,14 +312,26 @@ class Submitter:
             return self._push(task, lease, now)
         return []  # idle: returned by return_idle_leases unless work for it shows up
 
-    def return_idle_leases(self, now: Nanos) -> list[Msg]:
-        """Gives back every idle lease whose key has no queued task (end of each input)."""
+    def settle(self, now: Nanos) -> list[Msg]:
+        """At the end of each input: gives back idle leases and withdraws lease requests
+        of keys with no queued task, so nothing is held for work that is gone."""
         effects: list[Msg] = []
         for lease in [lz for lz in self._leases.values() if lz.task_id is None]:
             state = self._keys.get(lease.key)
             if state is None or not state.queue:
                 effects += self._return(lease, now)
                 self._forget_key_if_empty(lease.key)
+        for key, state in list(self._keys.items()):
+            if state.queue or not state.requests:
+                continue
+            for request_id in list(state.requests):
+                request = self._requests.pop(request_id)
+                del state.requests[request_id]
+                effects += [
+                    CancelTimer(key=f"{LEASE_TIMER_PREFIX}{request_id}"),
+                    Send(dst=request.raylet, msg=CancelLeaseRequest(request_id=request_id)),
+                ]
+            self._forget_key_if_empty(key)
         return effects
 
     def _forget_key_if_empty(self, key: SchedulingKey) -> None:
@@ -326,6 +353,12 @@ class Submitter:
                      at_ns=now + self._config.lease_retry_ns),
         ]
 
+    def lease_check_reply(self, msg: LeaseCheck) -> LeaseCheckReply:
+        """Which of these leases this owner still holds (a returning one is let go)."""
+        held = tuple(lease_id for lease_id in msg.lease_ids if lease_id in self._leases)
+        released = tuple(lease_id for lease_id in msg.lease_ids if lease_id not in self._leases)
+        return LeaseCheckReply(held=held, released=released)
+
     def on_return_timer(self, lease_id: str, now: Nanos) -> list[Msg]:
         lease = self._returning.pop(lease_id, None)
         return self._return(lease, now) if lease is not None else []
@@ -344,7 +377,8 @@ class Submitter:
         resolved: list[Payload | None] = []
         for arg in spec.args:
             result = self._objects.result(arg.ref.object_id) if arg.ref else None
-            resolved.append(result.value if result is not None else None)
+            inline = result is not None and not result.stored and result.error is None
+            resolved.append(result.value if inline and result is not None else None)
         msg = PushTask(lease_id=lease.lease_id, spec=spec, function=function,
                        resolved=tuple(resolved))
         return [Send(dst=lease.worker, msg=msg),
@@ -450,11 +484,44 @@ class Submitter:
         effects: list[Msg] = []
         for object_id in spec.return_ids:
             self._by_return.pop(object_id, None)
+        if any(r.stored and r.error is None for r in results):
+            self._lineage[spec.task_id] = _Lineage(spec, task.function, task.retries_left)
         for result in results:
             effects += self._objects.store(result)
-        for info in _arg_refs(spec):
-            effects += self._objects.change_tasks(info, -1)
+        if spec.task_id not in self._lineage:
+            for info in _arg_refs(spec):
+                effects += self._objects.change_tasks(info, -1)
         return effects
+
+    # --- lineage reconstruction ------------------------------------------
+
+    def forget_lineage(self, object_id: ObjectId) -> list[Msg]:
+        """Drops a task's lineage once none of its returns is referenced any more."""
+        task_id = producing_task(object_id)
+        lineage = self._lineage.get(task_id) if task_id else None
+        if lineage is None or any(oid in self._objects for oid in lineage.spec.return_ids):
+            return []
+        del self._lineage[lineage.spec.task_id]
+        return [e for info in _arg_refs(lineage.spec) for e in self._objects.change_tasks(info, -1)]
+
+    def reconstruct(self, object_id: ObjectId, now: Nanos) -> list[Msg] | None:
+        """Re-runs the task that returned a lost object; None when it cannot be rebuilt."""
+        task_id = producing_task(object_id)
+        if task_id is not None and task_id in self._tasks:
+            return []  # already running again
+        lineage = self._lineage.get(task_id) if task_id else None
+        if lineage is None or lineage.retries_left == 0:
+            return None
+        del self._lineage[lineage.spec.task_id]
+        spec = msgspec.structs.replace(lineage.spec, attempt=lineage.spec.attempt + 1)
+        for oid in spec.return_ids:
+            self._objects.reset_pending(oid)
+        effects = self.submit(spec, lineage.function, now)
+        task = self._tasks.get(spec.task_id)
+        if task is not None:
+            task.retries_left = lineage.retries_left - 1 if lineage.retries_left > 0 else -1
+        # The rebuild counts its arguments again; drop the lineage's own counts.
+        return effects + [e for info in _arg_refs(spec) for e in self._objects.change_tasks(info, -1)]
 
     # --- cancel ----------------------------------------------------------
 

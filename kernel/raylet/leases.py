@@ -237,7 +237,7 @@ class LeaseManager:
         request = _Request(
             owner=src, request_id=msg.request_id, shape=dict(msg.shape), need=to_units(msg.shape),
             affinity=msg.affinity, spilled=msg.spilled,
-            owner_incarnation=owner_node.incarnation if owner_node else 1)
+            owner_incarnation=owner_node.incarnation if owner_node else 0)  # 0: not known yet
         return self._place_new(request) + self._dispatch(now)
 
     def _request_problem(self, src: Address, msg: RequestWorkerLease) -> str:
@@ -327,6 +327,27 @@ class LeaseManager:
         cause = f"worker {msg.worker_id!r} exited: {msg.cause} (exit code {msg.exit_code})"
         effects += self._workers_died([(worker.worker_id, worker.lease_id, cause, True)])
         return effects + self._dispatch(now)
+
+    def granted(self) -> list[tuple[str, Address]]:
+        """Granted leases and their owners, in grant order."""
+        return [(lease_id, r.owner) for lease_id, r in self._leases.items()]
+
+    def release(self, lease_id: str, now: Nanos) -> list[Msg]:
+        """The owner says it no longer holds the lease: the worker goes back to the pool."""
+        request = self._leases.get(lease_id)
+        if request is None:
+            return []
+        self._end_and_idle(request, now)
+        return self._dispatch(now)
+
+    def reclaim(self, lease_id: str, why: str, now: Nanos) -> list[Msg]:
+        """The owner is gone: kill the lease's worker (and what it owned) and free it."""
+        request = self._leases.get(lease_id)
+        if request is None:
+            return []
+        deaths: list[_Death] = []
+        effects = self._reclaim([request], why, deaths)
+        return effects + self._workers_died(deaths) + self._dispatch(now)
 
     def on_timer(self, key: str, now: Nanos) -> list[Msg]:
         if key.startswith(WORKER_START_TIMER_PREFIX):
@@ -557,6 +578,10 @@ class LeaseManager:
         info = self._nodes.nodes.get(request.owner.node)
         if info is None:
             return False
+        if request.owner_incarnation == 0:
+            # Asked before this raylet knew the owner's node (say, just after a restart):
+            # the incarnation seen first is the owner's, unless that one is dead already.
+            request.owner_incarnation = info.incarnation
         if info.state == "dead":
             return info.incarnation >= request.owner_incarnation
         return info.incarnation > request.owner_incarnation

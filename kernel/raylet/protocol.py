@@ -78,6 +78,18 @@ class LeasedWorkerDied(Msg):
     cause: str
 
 
+class LeaseCheck(Msg):
+    """Raylet -> owner: do you still hold these leases? (A dead or confused owner
+    must not pin a worker forever.)"""
+
+    lease_ids: tuple[str, ...]
+
+
+class LeaseCheckReply(Msg):
+    held: tuple[str, ...]
+    released: tuple[str, ...]
+
+
 # --- worker <-> raylet ---------------------------------------------------
 
 

@@ -10,6 +10,9 @@ Responsibilities arrive as sub-machines behind one ``handle`` entry:
 * ``LeaseManager`` (``leases.py``): lease requests, the scheduling policy
   (local first, spillback, infeasible requests kept), the node's resource
   ledger and its ``WorkerPool`` (``workers.py``).
+* ``ObjectTable`` (``objects.py``): objects above the inline limit held in this
+  node's store: primary copies pinned for their owners, pulls from other nodes
+  in chunks, frees.
 * ``ClusterView`` and ``ResourceReporter`` (``resources.py``): the copy of the
   GCS's resource view that spillback reads, and the ``ResourceReport`` sent
   beside the heartbeat when the GCS's idea of this node is out of date, when a
@@ -41,9 +44,19 @@ from shoal.kernel.gcs.protocol import (
     Resources,
 )
 from shoal.kernel.gcs.resource_protocol import ResourceViewUpdate
-from shoal.kernel.ids import Nanos, NodeId
+from shoal.kernel.ids import Nanos, NodeId, ObjectId
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, Started, TimerFired
+from shoal.kernel.raylet.lease_checks import LEASE_CHECK_TIMER, LeaseCheckConfig, LeaseChecker
 from shoal.kernel.raylet.leases import LeaseConfig, LeaseManager
+from shoal.kernel.raylet.object_protocol import (
+    FreeObjects,
+    ObjectChunk,
+    ObjectMissing,
+    PinObject,
+    PullObject,
+    RequestObject,
+)
+from shoal.kernel.raylet.objects import PULL_TIMER_PREFIX, ObjectsConfig, ObjectTable
 from shoal.kernel.raylet.membership import (
     HEARTBEAT_TIMER,
     REGISTER_TIMER,
@@ -53,6 +66,7 @@ from shoal.kernel.raylet.membership import (
 )
 from shoal.kernel.raylet.protocol import (
     CancelLeaseRequest,
+    LeaseCheckReply,
     RegisterWorker,
     RequestWorkerLease,
     ReturnWorker,
@@ -77,6 +91,8 @@ class RayletConfig(msgspec.Struct, frozen=True, kw_only=True):
     membership: MemberConfig = msgspec.field(default_factory=MemberConfig)
     workers: WorkerPoolConfig = msgspec.field(default_factory=WorkerPoolConfig)
     leases: LeaseConfig = msgspec.field(default_factory=LeaseConfig)
+    objects: ObjectsConfig = msgspec.field(default_factory=ObjectsConfig)
+    lease_checks: LeaseCheckConfig = msgspec.field(default_factory=LeaseCheckConfig)
 
 
 class Raylet:
@@ -105,6 +121,9 @@ class Raylet:
             rng=Random(seed),
         )
         self.reporter = ResourceReporter(node_id, config.leases.report_refresh_ticks)
+        self.objects = ObjectTable(node_id, config.objects)
+        self.lease_checker = LeaseChecker(config.lease_checks)
+        self._dead_nodes: dict[NodeId, None] = {}
 
     @property
     def phase(self) -> MemberPhase:
@@ -130,11 +149,23 @@ class Raylet:
             case TimerFired(key=key) if (key.startswith(WORKER_START_TIMER_PREFIX)
                                          or key == IDLE_SWEEP_TIMER):
                 return self.leases.on_timer(key, now)
+            case TimerFired(key=key) if key == LEASE_CHECK_TIMER:
+                return self._on_lease_check_timer(now)
+            case TimerFired(key=key) if key.startswith(PULL_TIMER_PREFIX):
+                return self.objects.on_pull_timer(ObjectId(key[len(PULL_TIMER_PREFIX):]), now)
             case WorkerExited():
                 return self.leases.on_worker_exited(event, now)
             case Started():
-                return self.membership.on_started(now)
+                return self.membership.on_started(now) + [self.lease_checker.arm(now)]
         return []
+
+    def _on_lease_check_timer(self, now: Nanos) -> list[Msg]:
+        effects, silent = self.lease_checker.on_timer(self.leases.granted(), now)
+        for lease_id in silent:
+            effects += self.leases.reclaim(lease_id, (
+                f"its owner answered no lease check for "
+                f"{self.config.lease_checks.misses_max} rounds"), now)
+        return effects
 
     def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
         leases = self.leases
@@ -151,6 +182,21 @@ class Raylet:
                 return leases.on_blocked(src, msg.worker_id, True, now)
             case WorkerUnblocked():
                 return leases.on_blocked(src, msg.worker_id, False, now)
+            case LeaseCheckReply():
+                return [e for lease_id in self.lease_checker.on_reply(msg)
+                        for e in self.leases.release(lease_id, now)]
+            case PullObject():
+                return self.objects.on_pull(src, msg, now)
+            case PinObject():
+                return self.objects.on_pin(msg)
+            case ObjectChunk():
+                return self.objects.on_chunk(msg)
+            case RequestObject():
+                return self.objects.on_request(src, msg)
+            case FreeObjects():
+                return self.objects.on_free(msg)
+            case ObjectMissing():
+                return self.objects.on_missing(src, msg, now)
             case NodeTableUpdate() | NodeRegistered() | NodeDeclaredDead():
                 return self._on_membership(msg, now)
             case ResourceViewUpdate() if src == self.config.gcs:
@@ -181,9 +227,23 @@ class Raylet:
             cause = (f"node {self.node_id!r} was declared dead (incarnation {incarnation}); "
                      "its raylet killed its workers to rejoin the cluster")
             effects += self.leases.fate_share(cause, now)
+            effects += self.objects.fate_share()
         if membership.view.version != version:
             effects += self.leases.on_view_changed(now)
+            effects += self._on_nodes_changed(now)
         return effects
+
+    def _on_nodes_changed(self, now: Nanos) -> list[Msg]:
+        newly_dead = {
+            info.node_id: None for info in self.membership.view.nodes.values()
+            if info.state == "dead" and info.node_id not in self._dead_nodes
+        }
+        for node_id in newly_dead:
+            self._dead_nodes[node_id] = None
+        for info in self.membership.view.nodes.values():  # rejoined under a new incarnation
+            if info.state == "alive":
+                self._dead_nodes.pop(info.node_id, None)
+        return self.objects.on_nodes_dead(newly_dead, now) if newly_dead else []
 
     def _on_heartbeat_timer(self, now: Nanos) -> list[Msg]:
         effects = self.membership.on_heartbeat_timer(now)
@@ -198,10 +258,11 @@ class Raylet:
         return effects
 
     def quiescence_problems(self) -> list[str]:
-        """Leases, requests, resources or starting workers still held; [] when all is back."""
-        return self.leases.quiescence_problems()
+        """Leases, requests, resources, workers or objects still held; [] when all is back."""
+        return self.leases.quiescence_problems() + self.objects.quiescence_problems()
 
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the raylet's indexes disagree."""
         self.membership.check_invariants()
         self.leases.check_invariants()
+        self.objects.check_invariants()

@@ -30,6 +30,11 @@ from shoal.kernel.gcs.protocol import Heartbeat
 from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg, Received, Started, StorePut
 from shoal.kernel.raylet import MemberPhase, Raylet, RayletConfig
+from shoal.kernel.raylet.objects import ObjectsConfig
+
+# Small chunks, so that simulated transfers of objects above the inline limit
+# take several chunks and exercise loss and reordering of chunks.
+SIM_CHUNK_BYTES = 64 * 1024
 from shoal.sim.engine import SimProcess, Store
 from shoal.sim.harness import ClusterSim
 
@@ -57,9 +62,12 @@ class MembershipWorkload:
         gcs_addr = gcs_address(head)
         self._gcs_proc = sim.add_process(gcs_addr, self._gcs_factory)
         for node_id in sim.node_ids:
-            config = RayletConfig(gcs=gcs_addr, resources={"CPU": float(1 + self._rng.randrange(8))})
+            config = RayletConfig(
+                gcs=gcs_addr, resources={"CPU": float(1 + self._rng.randrange(8))},
+                objects=ObjectsConfig(chunk_bytes=SIM_CHUNK_BYTES))
             addr = Address(node=node_id, component="raylet")
-            self._raylets[node_id] = sim.add_process(addr, _raylet_factory(node_id, config))
+            seed = self._rng.getrandbits(32)
+            self._raylets[node_id] = sim.add_process(addr, _raylet_factory(node_id, config, seed))
         sim.engine.observers.append(self.observe)
         sim.engine.start(gcs_addr)
         for node_id in sim.node_ids:
@@ -169,7 +177,7 @@ class MembershipWorkload:
         return out
 
 
-def _raylet_factory(node_id: NodeId, config: RayletConfig):  # type: ignore[no-untyped-def]
+def _raylet_factory(node_id: NodeId, config: RayletConfig, seed: int):  # type: ignore[no-untyped-def]
     def build(boot: int, store: Store, buggify: Buggify) -> Raylet:
-        return Raylet(node_id, config, boot=boot, buggify=buggify)
+        return Raylet(node_id, config, boot=boot, seed=seed + boot, buggify=buggify)
     return build

@@ -88,7 +88,8 @@ def full(to_version: int, *nodes: NodeInfo) -> NodeTableUpdate:
 
 def test_registers_on_start() -> None:
     raylet = Raylet(N1, CONFIG, boot=3)
-    assert raylet.handle(Started(), now=T0) == registering(T0, boot=3)
+    assert raylet.handle(Started(), now=T0) == registering(T0, boot=3) + [
+        SetTimer(key="raylet.lease_check", at_ns=T0 + 2 * SECOND)]
     assert raylet.phase is MemberPhase.REGISTERING
     assert raylet.incarnation == 0
 

@@ -1,0 +1,161 @@
+"""Messages of actor calls between core workers, and the core worker's actor host interface.
+
+Caller -> actor worker: ``PushActorTask`` carries one call with the caller's
+sequence number for this actor incarnation (``seq``, from 0 per
+``(caller, num_restarts)``), and ``processed``: every call below it has been
+answered, so the worker may forget those answers. The worker answers
+``ActorTaskAck`` once it has the call (queued or running), ``ActorTaskDone``
+when it ran, and ``ActorTaskRejected`` if it does not host that incarnation of
+that actor (the caller's view of the actor is stale: it asks the GCS again).
+Pushes are retransmitted until answered; the worker dedupes by ``seq``.
+
+Host interface. Inputs from user code: ``ActorCreationRequested`` (register a
+new actor, answered ``ActorRequestCompleted``), ``ActorCallSubmitted`` (a
+method call; refused at once with ``ActorCallRefused`` past
+``max_pending_calls``), ``ActorLookupRequested`` (``get_actor``),
+``ActorKillRequested``; and from the host running an actor:
+``ActorInstanceCreated`` (the constructor returned or raised) and
+``ActorTaskExecuted`` (a method returned or raised). Effects: the answers, and
+``CreateActorInstance``/``ExecuteActorTask`` to run user code.
+"""
+
+from __future__ import annotations
+
+from shoal.kernel.core_worker.protocol import ObjectResult
+from shoal.kernel.gcs.actor_protocol import ActorDeathCause, ActorHandleInfo, ActorInfo, ActorSpec
+from shoal.kernel.ids import ActorId, Count, ObjectId, Seq, TaskId
+from shoal.kernel.messages import Msg
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, RetryCount, TaskSpec
+
+ACTOR_ERROR_KINDS = ("actor_died", "actor_unavailable", "pending_calls_exceeded")
+
+
+def handle_object_id(actor_id: ActorId) -> ObjectId:
+    """The object that stands for an actor's handles in its owner's reference counts."""
+    return ObjectId(f"{actor_id}.h")
+
+
+# --- caller <-> actor worker ---------------------------------------------------
+
+
+class PushActorTask(Msg):
+    actor_id: ActorId
+    num_restarts: Count
+    caller: str  # the caller's session for this actor: sequence numbers count per session
+    seq: Seq
+    processed: Seq  # every call below this seq has been answered
+    spec: TaskSpec
+    resolved: tuple[Payload | None, ...] = ()  # per arg: the caller's inline value of a ref arg
+
+
+class ActorTaskAck(Msg):
+    task_id: TaskId
+    attempt: Count
+
+
+class ActorTaskDone(Msg):
+    actor_id: ActorId
+    task_id: TaskId
+    attempt: Count
+    results: tuple[ObjectResult, ...]
+    borrowed: tuple[ObjectRefInfo, ...] = ()
+
+
+class ActorTaskRejected(Msg):
+    actor_id: ActorId
+    num_restarts: Count
+    task_id: TaskId
+    reason: str
+
+
+# --- host inputs -----------------------------------------------------------------
+
+
+class ActorCreationRequested(Msg):
+    """Register and create a new actor this process owns (answered when registered)."""
+
+    call_id: Seq
+    spec: ActorSpec
+    function: bytes
+    get_if_exists: bool = False
+
+
+class ActorCallSubmitted(Msg):
+    """A method call on an actor; ``spec.function_id`` is the method's name."""
+
+    actor_id: ActorId
+    spec: TaskSpec
+    max_task_retries: RetryCount = 0
+    max_pending_calls: int = -1
+
+
+class ActorLookupRequested(Msg):
+    call_id: Seq
+    name: str
+    namespace: str
+
+
+class ActorKillRequested(Msg):
+    call_id: Seq
+    actor_id: ActorId
+    no_restart: bool = True
+
+
+class ActorInstanceCreated(Msg):
+    actor_id: ActorId
+    num_restarts: Count
+    error: ActorDeathCause | None = None
+
+
+class ActorTaskExecuted(Msg):
+    actor_id: ActorId
+    task_id: TaskId
+    attempt: Count
+    results: tuple[ObjectResult, ...]
+    borrowed: tuple[ObjectRefInfo, ...] = ()
+
+
+# --- host effects ----------------------------------------------------------------
+
+
+class ActorRequestCompleted(Msg):
+    """The answer to a creation, lookup or kill: a handle's facts, or ``error``.
+
+    For a creation, ``created`` says this process created (and owns) the actor;
+    ``handle`` is set without ``created`` when ``get_if_exists`` found another.
+    """
+
+    call_id: Seq
+    handle: ActorHandleInfo | None = None
+    info: ActorInfo | None = None
+    created: bool = False
+    error: str = ""
+
+
+class ActorCallRefused(Msg):
+    """The call was refused when submitted (its returns also hold this error)."""
+
+    task_id: TaskId
+    message: str
+
+
+class CreateActorInstance(Msg):
+    """Instantiate the actor's class with the resolved constructor ``args``."""
+
+    spec: ActorSpec
+    num_restarts: Count
+    args: tuple[Payload, ...]
+    function: bytes
+
+
+class ExecuteActorTask(Msg):
+    """Run method ``spec.function_id`` of the hosted actor with resolved ``args``."""
+
+    actor_id: ActorId
+    spec: TaskSpec
+    args: tuple[Payload, ...]
+
+
+ACTOR_CALL_WIRE_TYPES: tuple[type[Msg], ...] = (
+    PushActorTask, ActorTaskAck, ActorTaskDone, ActorTaskRejected,
+)

@@ -1,0 +1,567 @@
+"""Caller side of actors: handles, per-caller ordered calls, creation, lookups, kills.
+
+Theory of operation
+-------------------
+This process keeps one ``_Actor`` entry per actor it calls or owns, with the
+latest row of the GCS actor table it knows (``ActorInfo``). The entry is kept
+fresh by polling the GCS (``PollActors``, which also subscribes it to pushes)
+every ``poll_ns`` while it has calls pending, while it owns the actor and the
+actor is not dead, or at once when a call finds it unknown or a worker says
+the view is stale.
+
+Calls: ``ActorCallSubmitted`` queues a call (refused past
+``max_pending_calls``; failed at once if the actor is dead). While the actor is
+``ALIVE`` the queue drains in submission order: each call gets the next
+sequence number of this process's *session* with the actor's current
+incarnation (``num_restarts``) and is pushed to its worker
+(``PushActorTask``), retransmitted every ``push_retry_ns`` until answered; at
+most ``inflight_max`` are out at once. The worker runs each session's calls in
+sequence-number order, so calls from one caller run in submission order.
+
+Restarts: when the GCS shows the actor ``RESTARTING``, or ``ALIVE`` under a
+newer incarnation, calls pushed to the old incarnation and unanswered either
+go back to the front of the queue (in order, ``attempt`` + 1) while
+``max_task_retries`` allows (-1: always), or fail with ``actor_died``; calls
+never pushed simply wait. Sequence numbers start again at 0 in the new
+incarnation. ``DEAD`` fails every pending call with the death cause, and any
+later call at once. An answer to a call still pending is taken whatever the
+attempt it answers (the call ran); answers to finished calls are dropped.
+
+Ownership: the creator registers the actor with the GCS
+(``RegisterActor``, retransmitted until answered; the host waits for the
+answer). It pins the constructor's ref arguments until the actor is dead
+(restarts re-run the constructor) and holds the actor's *handle object*
+(``handle_object_id``): every ``ActorHandle`` holds a ref to it, so the
+object table counts the owner's handles and its borrowers like any object.
+When that object is freed and no call of this process is pending, the
+actor is out of scope: the owner asks the GCS to stop it (``KillActor`` with
+``out_of_scope``; the GCS spares named and detached actors).
+
+Lookups and kills (``GetNamedActor``, ``KillActor``) are GCS requests
+retransmitted every ``request_retry_ns`` until answered. A kill this process
+asks for with ``no_restart`` fails its own pending calls at once.
+
+Invariants (``check_invariants``): every call is indexed under its actor,
+queued or in flight exactly once; in-flight calls carry distinct sequence
+numbers below the entry's next one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import msgspec
+
+from shoal.kernel.core_worker.actor_protocol import (
+    ActorCallRefused,
+    ActorCallSubmitted,
+    ActorCreationRequested,
+    ActorKillRequested,
+    ActorLookupRequested,
+    ActorRequestCompleted,
+    ActorTaskAck,
+    ActorTaskDone,
+    ActorTaskRejected,
+    PushActorTask,
+    handle_object_id,
+)
+from shoal.kernel.core_worker.objects import ObjectTable
+from shoal.kernel.core_worker.protocol import ObjectError, ObjectResult
+from shoal.kernel.errors import InvariantViolation
+from shoal.kernel.gcs.actor_protocol import (
+    ActorDeathCause,
+    ActorInfo,
+    ActorRegistered,
+    ActorTableUpdate,
+    ActorVersion,
+    GetNamedActor,
+    KillActor,
+    KillActorReply,
+    NamedActorReply,
+    PollActors,
+    RegisterActor,
+)
+from shoal.kernel.ids import NANOS_PER_MILLI, ActorId, Nanos, ObjectId, TaskId
+from shoal.kernel.messages import Address, CancelTimer, Msg, Rejected, Send, SetTimer
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+
+ACTOR_TIMER_PREFIX = "actor."
+_PUSH_TIMER = ACTOR_TIMER_PREFIX + "push."
+_REQUEST_TIMER = ACTOR_TIMER_PREFIX + "request."
+_POLL_TIMER = ACTOR_TIMER_PREFIX + "poll"
+ACTOR_REQUEST_TYPES = ("RegisterActor", "GetNamedActor", "KillActor")
+
+GcsRequest = RegisterActor | GetNamedActor | KillActor
+
+
+class ActorCallerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    poll_ns: Nanos = 500 * NANOS_PER_MILLI
+    push_retry_ns: Nanos = 1000 * NANOS_PER_MILLI
+    request_retry_ns: Nanos = 200 * NANOS_PER_MILLI
+    inflight_max: int = 1024  # calls out to one actor at once (the rest wait queued)
+    dead_entries_max: int = 1024  # idle entries of dead actors remembered
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    spec: TaskSpec
+    retries_left: int
+    seq: int = -1  # in the current incarnation; -1 while queued
+
+
+@dataclass(slots=True, eq=False)
+class _Actor:
+    actor_id: ActorId
+    session: str  # this process's caller id for the actor: sequence numbers count per session
+    info: ActorInfo | None = None
+    incarnation: int = -1  # the num_restarts our sequence numbers belong to
+    next_seq: int = 0
+    queue: deque[TaskId] = field(default_factory=deque)
+    inflight: dict[int, TaskId] = field(default_factory=dict)  # seq -> call, in seq order
+    max_pending_calls: int = -1
+    owned: bool = False
+    gc: bool = False  # owned, neither named nor detached: stopped when out of scope
+    registered: bool = False
+    scope_killed: bool = False
+    pinned: tuple[ObjectRefInfo, ...] = ()  # constructor ref args, pinned while it may restart
+
+    @property
+    def dead(self) -> bool:
+        return self.info is not None and self.info.state == "DEAD"
+
+    def pending(self) -> int:
+        return len(self.queue) + len(self.inflight)
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    call_id: int | None  # the host call it answers (None: our own, e.g. out of scope)
+    msg: GcsRequest
+
+
+class ActorCaller:
+    """Actors this process calls or owns. A sub-machine of ``CoreWorker``."""
+
+    def __init__(self, me: Address, gcs: Address, objects: ObjectTable,
+                 config: ActorCallerConfig) -> None:
+        self._me = me
+        self._gcs = gcs
+        self._objects = objects
+        self._config = config
+        self._actors: OrderedDict[ActorId, _Actor] = OrderedDict()
+        self._calls: dict[TaskId, tuple[ActorId, _Call]] = {}
+        self._requests: dict[int, _Request] = {}
+        self._next_request = 1
+        self._next_session = 1
+        self._session = "0"
+        self._poll_armed = False
+
+    # --- introspection ---------------------------------------------------
+
+    @property
+    def pending_calls(self) -> int:
+        return len(self._calls)
+
+    @property
+    def pending_requests(self) -> int:
+        return len(self._requests)
+
+    def info(self, actor_id: ActorId) -> ActorInfo | None:
+        entry = self._actors.get(actor_id)
+        return entry.info if entry is not None else None
+
+    def known_incarnation(self, actor_id: ActorId) -> int:
+        """The num_restarts of the actor this process currently pushes calls to (-1: none)."""
+        entry = self._actors.get(actor_id)
+        return entry.incarnation if entry is not None else -1
+
+    def on_started(self, now: Nanos) -> None:
+        """A new process: its sessions must differ from any earlier process's at this address."""
+        self._session = str(now)
+
+    def _entry(self, actor_id: ActorId) -> _Actor:
+        entry = self._actors.get(actor_id)
+        if entry is None:
+            entry = _Actor(actor_id=actor_id, session=f"{self._session}.{self._next_session}")
+            self._next_session += 1
+            self._actors[actor_id] = entry
+        self._actors.move_to_end(actor_id)
+        return entry
+
+    # --- creation --------------------------------------------------------
+
+    def on_create(self, msg: ActorCreationRequested, now: Nanos) -> list[Msg]:
+        spec = msg.spec
+        entry = self._entry(spec.actor_id)
+        entry.owned, entry.max_pending_calls = True, spec.max_pending_calls
+        entry.gc = not spec.detached and not spec.name
+        entry.pinned = tuple(_arg_refs(spec.creation))
+        effects: list[Msg] = []
+        for info in entry.pinned:
+            effects += self._objects.change_tasks(info, +1)
+        hid = handle_object_id(spec.actor_id)
+        self._objects.add_owned_pending(hid)
+        effects += self._objects.store(ObjectResult(object_id=hid, value=Payload(data=b"")))
+        request = RegisterActor(request_id=0, spec=spec, function=msg.function,
+                                get_if_exists=msg.get_if_exists)
+        return effects + self._request(msg.call_id, request, now)
+
+    def _on_registered(self, request: _Request, msg: ActorRegistered, now: Nanos) -> list[Msg]:
+        entry = self._actors.get(msg.actor_id)
+        if msg.info is None or entry is None:  # the name is taken, or refused
+            effects = self._disown(msg.actor_id)
+            error = msg.error
+            if msg.taken is not None and not (isinstance(request.msg, RegisterActor)
+                                              and request.msg.get_if_exists):
+                taken = msg.taken
+                error = (f"The name {taken.name!r} (namespace={taken.namespace!r}) is already "
+                         f"taken by actor {taken.actor_id} ({taken.class_name}); pick another "
+                         "name, or pass get_if_exists=True to get a handle to that actor")
+            return effects + self._complete(request, ActorRequestCompleted(
+                call_id=0, handle=msg.taken if not error else None, info=msg.taken_info,
+                error=error))
+        entry.registered = True
+        effects = self._apply(entry, msg.info, now)
+        return effects + self._complete(request, ActorRequestCompleted(
+            call_id=0, info=msg.info, created=True))
+
+    def _disown(self, actor_id: ActorId) -> list[Msg]:
+        """Undoes an owned entry whose registration was refused."""
+        entry = self._actors.pop(actor_id, None)
+        effects: list[Msg] = []
+        for info in entry.pinned if entry is not None else ():
+            effects += self._objects.change_tasks(info, -1)
+        return effects
+
+    # --- lookups and kills ------------------------------------------------
+
+    def on_lookup(self, msg: ActorLookupRequested, now: Nanos) -> list[Msg]:
+        request = GetNamedActor(request_id=0, name=msg.name, namespace=msg.namespace)
+        return self._request(msg.call_id, request, now)
+
+    def on_kill(self, msg: ActorKillRequested, now: Nanos) -> list[Msg]:
+        effects: list[Msg] = []
+        entry = self._actors.get(msg.actor_id)
+        if msg.no_restart and entry is not None and not entry.dead:
+            cause = ActorDeathCause(kind="killed", message=(
+                f"actor {msg.actor_id} was killed with shoal.kill() by this process; calls "
+                "to it fail from now on. Create a new actor to go on"))
+            effects += self._fail_all(entry, _died(cause))
+        request = KillActor(request_id=0, actor_id=msg.actor_id, no_restart=msg.no_restart)
+        return effects + self._request(msg.call_id, request, now)
+
+    def _request(self, call_id: int | None, msg: GcsRequest, now: Nanos) -> list[Msg]:
+        request_id = self._next_request
+        self._next_request += 1
+        self._requests[request_id] = _Request(
+            call_id=call_id, msg=msgspec.structs.replace(msg, request_id=request_id))
+        return self._send_request(request_id, now)
+
+    def _send_request(self, request_id: int, now: Nanos) -> list[Msg]:
+        request = self._requests[request_id]
+        return [Send(dst=self._gcs, msg=request.msg),
+                SetTimer(key=f"{_REQUEST_TIMER}{request_id}",
+                         at_ns=now + self._config.request_retry_ns)]
+
+    def on_gcs_reply(self, msg: Msg, now: Nanos) -> list[Msg]:
+        """``ActorRegistered``, ``NamedActorReply``, ``KillActorReply`` or ``Rejected``."""
+        request_id = getattr(msg, "request_id", 0)
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return []  # a duplicate answer
+        effects: list[Msg] = [CancelTimer(key=f"{_REQUEST_TIMER}{request_id}")]
+        match msg:
+            case ActorRegistered():
+                return effects + self._on_registered(request, msg, now)
+            case NamedActorReply():
+                error = "" if msg.handle is not None else "not found"
+                return effects + self._complete(request, ActorRequestCompleted(
+                    call_id=0, handle=msg.handle, info=msg.info, error=error))
+            case KillActorReply():
+                error = "" if msg.found else "not found"
+                return effects + self._complete(request, ActorRequestCompleted(
+                    call_id=0, error=error))
+            case Rejected():
+                if isinstance(request.msg, RegisterActor):
+                    effects += self._disown(request.msg.spec.actor_id)
+                return effects + self._complete(request, ActorRequestCompleted(
+                    call_id=0, error=msg.reason))
+        return effects
+
+    @staticmethod
+    def _complete(request: _Request, done: ActorRequestCompleted) -> list[Msg]:
+        if request.call_id is None:
+            return []
+        return [msgspec.structs.replace(done, call_id=request.call_id)]
+
+    # --- calls ---------------------------------------------------------------
+
+    def submit(self, msg: ActorCallSubmitted, now: Nanos) -> list[Msg]:
+        spec = msg.spec
+        if spec.task_id in self._calls:
+            return []  # a duplicate submission
+        entry = self._entry(msg.actor_id)
+        if not entry.owned:
+            entry.max_pending_calls = msg.max_pending_calls
+        for object_id in spec.return_ids:
+            self._objects.add_owned_pending(object_id)
+        limit = entry.max_pending_calls
+        if limit > 0 and entry.pending() >= limit:
+            message = (f"actor {msg.actor_id}: {entry.pending()} calls from this process are "
+                       f"pending, the limit max_pending_calls={limit}; wait for some to "
+                       "finish (shoal.get or shoal.wait) before calling more, or raise it")
+            error = ObjectError(kind="pending_calls_exceeded", message=message)
+            effects: list[Msg] = [ActorCallRefused(task_id=spec.task_id, message=message)]
+            return effects + self._store_all(spec, error)
+        effects = []
+        for info in _arg_refs(spec):
+            effects += self._objects.change_tasks(info, +1)
+        self._calls[spec.task_id] = (entry.actor_id, _Call(spec=spec,
+                                                           retries_left=msg.max_task_retries))
+        if entry.dead:
+            assert entry.info is not None and entry.info.death is not None
+            return effects + self._finish(spec.task_id, None, _died(entry.info.death))
+        entry.queue.append(spec.task_id)
+        if entry.info is None:
+            effects += self._poll(now)  # learn where it is now, not at the next tick
+        return effects + self._pump(entry, now)
+
+    def _pump(self, entry: _Actor, now: Nanos) -> list[Msg]:
+        info = entry.info
+        if info is None or info.state != "ALIVE" or info.worker is None:
+            return []
+        effects: list[Msg] = []
+        if info.num_restarts != entry.incarnation:
+            effects += self._lose_incarnation(entry)
+            entry.incarnation, entry.next_seq = info.num_restarts, 0
+        while entry.queue and len(entry.inflight) < self._config.inflight_max:
+            task_id = entry.queue.popleft()
+            _, call = self._calls[task_id]
+            call.seq = entry.next_seq
+            entry.next_seq += 1
+            entry.inflight[call.seq] = task_id
+            effects += self._push(entry, call, now)
+        return effects
+
+    def _push(self, entry: _Actor, call: _Call, now: Nanos) -> list[Msg]:
+        assert entry.info is not None and entry.info.worker is not None
+        resolved: list[Payload | None] = []
+        for arg in call.spec.args:
+            result = self._objects.result(arg.ref.object_id) if arg.ref else None
+            inline = result is not None and result.error is None and not getattr(
+                result, "stored", False)
+            resolved.append(result.value if inline and result is not None else None)
+        msg = PushActorTask(
+            actor_id=entry.actor_id, num_restarts=entry.incarnation, caller=entry.session,
+            seq=call.seq, processed=min(entry.inflight, default=entry.next_seq),
+            spec=call.spec, resolved=tuple(resolved))
+        return [Send(dst=entry.info.worker, msg=msg),
+                SetTimer(key=f"{_PUSH_TIMER}{call.spec.task_id}",
+                         at_ns=now + self._config.push_retry_ns)]
+
+    def _lose_incarnation(self, entry: _Actor) -> list[Msg]:
+        """Calls out to an incarnation that ended: back to the queue's front, or failed."""
+        effects: list[Msg] = []
+        retry: list[TaskId] = []
+        for seq in sorted(entry.inflight):
+            task_id = entry.inflight[seq]
+            _, call = self._calls[task_id]
+            effects.append(CancelTimer(key=f"{_PUSH_TIMER}{task_id}"))
+            call.seq = -1
+            if call.retries_left != 0:
+                call.retries_left -= 1 if call.retries_left > 0 else 0
+                call.spec = msgspec.structs.replace(call.spec, attempt=call.spec.attempt + 1)
+                retry.append(task_id)
+            else:
+                effects += self._finish(task_id, None, ObjectError(kind="actor_died", message=(
+                    f"actor {entry.actor_id}: its worker died (or it restarted) while call "
+                    f"{call.spec.name} ({task_id}) was out to it, and the call may not be "
+                    f"retried (max_task_retries={call.spec.max_retries}); set "
+                    "max_task_retries to retry calls after a restart")), keep_inflight=True)
+        entry.inflight.clear()
+        entry.queue.extendleft(reversed(retry))
+        return effects
+
+    def on_push_timer(self, task_id: TaskId, now: Nanos) -> list[Msg]:
+        found = self._calls.get(task_id)
+        if found is None or found[1].seq < 0:
+            return []
+        entry = self._actors[found[0]]
+        return self._push(entry, found[1], now)
+
+    def on_ack(self, msg: ActorTaskAck) -> list[Msg]:
+        return []  # retransmits go on: the worker answers each from its record
+
+    def on_rejected(self, msg: ActorTaskRejected, now: Nanos) -> list[Msg]:
+        found = self._calls.get(msg.task_id)
+        if found is None or found[1].seq < 0:
+            return []
+        return self._poll(now)  # our view of the actor is stale: ask the GCS now
+
+    def on_done(self, src: Address, msg: ActorTaskDone) -> list[Msg]:
+        if msg.task_id not in self._calls:
+            return []  # a duplicate, or a call that finished otherwise
+        for info in msg.borrowed:
+            self._objects.add_borrower(info.object_id, src)
+        for result in msg.results:
+            for inner in result.value.contained if result.value else ():
+                if inner.owner == src:
+                    self._objects.ensure(inner)
+                    self._objects.mark_registered_borrower(inner.object_id)
+        return self._finish(msg.task_id, msg.results, None)
+
+    def _finish(self, task_id: TaskId, results: tuple[ObjectResult, ...] | None,
+                error: ObjectError | None, *, keep_inflight: bool = False) -> list[Msg]:
+        actor_id, call = self._calls.pop(task_id)
+        entry = self._actors.get(actor_id)
+        effects: list[Msg] = [CancelTimer(key=f"{_PUSH_TIMER}{task_id}")]
+        if entry is not None:
+            if call.seq >= 0 and not keep_inflight:
+                entry.inflight.pop(call.seq, None)
+            if task_id in entry.queue:
+                entry.queue.remove(task_id)
+        if results is not None:
+            for result in results:
+                effects += self._objects.store(result)
+        elif error is not None:
+            effects += self._store_all(call.spec, error)
+        for info in _arg_refs(call.spec):
+            effects += self._objects.change_tasks(info, -1)
+        return effects
+
+    def _store_all(self, spec: TaskSpec, error: ObjectError) -> list[Msg]:
+        effects: list[Msg] = []
+        for object_id in spec.return_ids:
+            effects += self._objects.store(ObjectResult(object_id=object_id, error=error))
+        return effects
+
+    def _fail_all(self, entry: _Actor, error: ObjectError) -> list[Msg]:
+        effects: list[Msg] = []
+        for task_id in [*entry.inflight.values(), *entry.queue]:
+            effects += self._finish(task_id, None, error)
+        entry.inflight.clear()
+        entry.queue.clear()
+        entry.info = ActorInfo(actor_id=entry.actor_id, state="DEAD", version=_version(entry),
+                               death=ActorDeathCause(kind="killed", message=error.message))
+        return effects
+
+    # --- the actor table --------------------------------------------------------
+
+    def on_table_update(self, msg: ActorTableUpdate, now: Nanos) -> list[Msg]:
+        effects: list[Msg] = []
+        for info in msg.actors:
+            entry = self._actors.get(info.actor_id)
+            if entry is not None and info.version > _version(entry):
+                effects += self._apply(entry, info, now)
+        for actor_id in msg.unknown:
+            entry = self._actors.get(actor_id)
+            if entry is not None and entry.registered or entry is not None and not entry.owned:
+                cause = ActorDeathCause(kind="worker_died", message=(
+                    f"actor {actor_id} is gone: the GCS has no record of it (it died long "
+                    "ago and was forgotten)"))
+                effects += self._apply(entry, ActorInfo(
+                    actor_id=actor_id, state="DEAD", version=_version(entry) + 1,
+                    death=cause), now)
+        return effects
+
+    def _apply(self, entry: _Actor, info: ActorInfo, now: Nanos) -> list[Msg]:
+        entry.info = info
+        if info.state == "DEAD":
+            assert info.death is not None
+            effects = self._fail_all(entry, _died(info.death))
+            entry.info = info
+            for pinned in entry.pinned:
+                effects += self._objects.change_tasks(pinned, -1)
+            entry.pinned = ()
+            return effects
+        if info.state == "RESTARTING" or (info.state == "ALIVE"
+                                          and info.num_restarts != entry.incarnation):
+            effects = self._lose_incarnation(entry)
+            entry.incarnation = -1
+            return effects + self._pump(entry, now)
+        return self._pump(entry, now)
+
+    def _poll(self, now: Nanos) -> list[Msg]:
+        known = tuple(ActorVersion(actor_id=e.actor_id, version=_version(e))
+                      for e in self._actors.values() if self._watching(e))
+        effects: list[Msg] = []
+        if known:
+            effects.append(Send(dst=self._gcs, msg=PollActors(known=known)))
+        if known and not self._poll_armed:
+            self._poll_armed = True
+            effects.append(SetTimer(key=_POLL_TIMER, at_ns=now + self._config.poll_ns))
+        return effects
+
+    def _watching(self, entry: _Actor) -> bool:
+        if entry.dead:
+            return False
+        return bool(entry.pending()) or (entry.owned and entry.registered)
+
+    def on_timer(self, key: str, now: Nanos) -> list[Msg]:
+        if key == _POLL_TIMER:
+            self._poll_armed = False
+            return self._poll(now)
+        if key.startswith(_PUSH_TIMER):
+            return self.on_push_timer(TaskId(key[len(_PUSH_TIMER):]), now)
+        if key.startswith(_REQUEST_TIMER):
+            request_id = int(key[len(_REQUEST_TIMER):])
+            return self._send_request(request_id, now) if request_id in self._requests else []
+        return []
+
+    # --- end of each input ---------------------------------------------------------
+
+    def settle(self, now: Nanos) -> list[Msg]:
+        """Stops owned actors gone out of scope, keeps polling armed, trims dead entries."""
+        effects: list[Msg] = []
+        for entry in self._actors.values():
+            if (entry.gc and entry.registered and not entry.scope_killed and not entry.dead
+                    and not entry.pending()
+                    and handle_object_id(entry.actor_id) not in self._objects):
+                entry.scope_killed = True
+                effects += self._request(None, KillActor(
+                    request_id=0, actor_id=entry.actor_id, out_of_scope=True), now)
+        if not self._poll_armed and any(self._watching(e) for e in self._actors.values()):
+            self._poll_armed = True
+            effects.append(SetTimer(key=_POLL_TIMER, at_ns=now + self._config.poll_ns))
+        idle_dead = [a for a, e in self._actors.items() if e.dead and not e.pending()]
+        for actor_id in idle_dead[:max(len(idle_dead) - self._config.dead_entries_max, 0)]:
+            del self._actors[actor_id]
+        return effects
+
+    def check_invariants(self) -> None:
+        indexed = 0
+        for entry in self._actors.values():
+            for seq, task_id in entry.inflight.items():
+                found = self._calls.get(task_id)
+                if found is None or found[0] != entry.actor_id or found[1].seq != seq:
+                    raise InvariantViolation(
+                        f"core_worker actors: call {task_id!r} is in flight to "
+                        f"{entry.actor_id!r} as seq {seq} but not indexed so")
+                if seq >= entry.next_seq:
+                    raise InvariantViolation(
+                        f"core_worker actors: seq {seq} of {entry.actor_id!r} is not below "
+                        f"the next one, {entry.next_seq}")
+            indexed += entry.pending()
+        if indexed != len(self._calls):
+            raise InvariantViolation(
+                f"core_worker actors: {len(self._calls)} calls pending but {indexed} queued "
+                "or in flight")
+
+
+def _version(entry: _Actor) -> int:
+    return entry.info.version if entry.info is not None else 0
+
+
+def _died(cause: ActorDeathCause) -> ObjectError:
+    return ObjectError(kind="actor_died", message=cause.message, data=cause.data)
+
+
+def _arg_refs(spec: TaskSpec) -> list[ObjectRefInfo]:
+    refs: list[ObjectRefInfo] = []
+    for arg in spec.args:
+        if arg.ref is not None:
+            refs.append(arg.ref)
+        elif arg.value is not None:
+            refs.extend(arg.value.contained)
+    return refs
