@@ -21,7 +21,7 @@ method call; refused at once with ``ActorCallRefused`` past
 
 from __future__ import annotations
 
-from shoal.kernel.core_worker.protocol import ObjectResult
+from shoal.kernel.core_worker.protocol import LocalObject, ObjectResult
 from shoal.kernel.gcs.actor_protocol import ActorDeathCause, ActorHandleInfo, ActorInfo, ActorSpec
 from shoal.kernel.ids import ActorId, Count, ObjectId, Seq, TaskId
 from shoal.kernel.messages import Msg
@@ -144,7 +144,7 @@ class CreateActorInstance(Msg):
 
     spec: ActorSpec
     num_restarts: Count
-    args: tuple[Payload, ...]
+    args: tuple[Payload | LocalObject, ...]
     function: bytes
 
 
@@ -153,7 +153,7 @@ class ExecuteActorTask(Msg):
 
     actor_id: ActorId
     spec: TaskSpec
-    args: tuple[Payload, ...]
+    args: tuple[Payload | LocalObject, ...]
 
 
 ACTOR_CALL_WIRE_TYPES: tuple[type[Msg], ...] = (

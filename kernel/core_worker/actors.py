@@ -124,11 +124,16 @@ class _Actor:
     gc: bool = False  # owned, neither named nor detached: stopped when out of scope
     registered: bool = False
     scope_killed: bool = False
+    doomed: ActorDeathCause | None = None  # this process killed it; the GCS will confirm
     pinned: tuple[ObjectRefInfo, ...] = ()  # constructor ref args, pinned while it may restart
 
     @property
     def dead(self) -> bool:
         return self.info is not None and self.info.state == "DEAD"
+
+    @property
+    def death(self) -> ActorDeathCause | None:
+        return self.info.death if self.info is not None and self.dead else self.doomed
 
     def pending(self) -> int:
         return len(self.queue) + len(self.inflight)
@@ -156,6 +161,7 @@ class ActorCaller:
         self._next_session = 1
         self._session = "0"
         self._poll_armed = False
+        self._gc_watch: dict[ActorId, None] = {}  # owned, collectable, registered, not dead
 
     # --- introspection ---------------------------------------------------
 
@@ -222,7 +228,9 @@ class ActorCaller:
                 call_id=0, handle=msg.taken if not error else None, info=msg.taken_info,
                 error=error))
         entry.registered = True
-        effects = self._apply(entry, msg.info, now)
+        if entry.gc:
+            self._gc_watch[entry.actor_id] = None
+        effects = self._apply(entry, msg.info, now) + self._arm_poll(now)
         return effects + self._complete(request, ActorRequestCompleted(
             call_id=0, info=msg.info, created=True))
 
@@ -243,11 +251,11 @@ class ActorCaller:
     def on_kill(self, msg: ActorKillRequested, now: Nanos) -> list[Msg]:
         effects: list[Msg] = []
         entry = self._actors.get(msg.actor_id)
-        if msg.no_restart and entry is not None and not entry.dead:
-            cause = ActorDeathCause(kind="killed", message=(
+        if msg.no_restart and entry is not None and entry.death is None:
+            entry.doomed = ActorDeathCause(kind="killed", message=(
                 f"actor {msg.actor_id} was killed with shoal.kill() by this process; calls "
                 "to it fail from now on. Create a new actor to go on"))
-            effects += self._fail_all(entry, _died(cause))
+            effects += self._fail_all(entry, _died(entry.doomed))
         request = KillActor(request_id=0, actor_id=msg.actor_id, no_restart=msg.no_restart)
         return effects + self._request(msg.call_id, request, now)
 
@@ -319,13 +327,13 @@ class ActorCaller:
             effects += self._objects.change_tasks(info, +1)
         self._calls[spec.task_id] = (entry.actor_id, _Call(spec=spec,
                                                            retries_left=msg.max_task_retries))
-        if entry.dead:
-            assert entry.info is not None and entry.info.death is not None
-            return effects + self._finish(spec.task_id, None, _died(entry.info.death))
+        death = entry.death
+        if death is not None:
+            return effects + self._finish(spec.task_id, None, _died(death))
         entry.queue.append(spec.task_id)
         if entry.info is None:
             effects += self._poll(now)  # learn where it is now, not at the next tick
-        return effects + self._pump(entry, now)
+        return effects + self._arm_poll(now) + self._pump(entry, now)
 
     def _pump(self, entry: _Actor, now: Nanos) -> list[Msg]:
         info = entry.info
@@ -442,8 +450,6 @@ class ActorCaller:
             effects += self._finish(task_id, None, error)
         entry.inflight.clear()
         entry.queue.clear()
-        entry.info = ActorInfo(actor_id=entry.actor_id, state="DEAD", version=_version(entry),
-                               death=ActorDeathCause(kind="killed", message=error.message))
         return effects
 
     # --- the actor table --------------------------------------------------------
@@ -456,7 +462,7 @@ class ActorCaller:
                 effects += self._apply(entry, info, now)
         for actor_id in msg.unknown:
             entry = self._actors.get(actor_id)
-            if entry is not None and entry.registered or entry is not None and not entry.owned:
+            if entry is not None and (entry.registered or not entry.owned) and not entry.dead:
                 cause = ActorDeathCause(kind="worker_died", message=(
                     f"actor {actor_id} is gone: the GCS has no record of it (it died long "
                     "ago and was forgotten)"))
@@ -470,10 +476,11 @@ class ActorCaller:
         if info.state == "DEAD":
             assert info.death is not None
             effects = self._fail_all(entry, _died(info.death))
-            entry.info = info
             for pinned in entry.pinned:
                 effects += self._objects.change_tasks(pinned, -1)
             entry.pinned = ()
+            self._gc_watch.pop(entry.actor_id, None)
+            self._trim_dead()
             return effects
         if info.state == "RESTARTING" or (info.state == "ALIVE"
                                           and info.num_restarts != entry.incarnation):
@@ -485,18 +492,26 @@ class ActorCaller:
     def _poll(self, now: Nanos) -> list[Msg]:
         known = tuple(ActorVersion(actor_id=e.actor_id, version=_version(e))
                       for e in self._actors.values() if self._watching(e))
-        effects: list[Msg] = []
-        if known:
-            effects.append(Send(dst=self._gcs, msg=PollActors(known=known)))
-        if known and not self._poll_armed:
-            self._poll_armed = True
-            effects.append(SetTimer(key=_POLL_TIMER, at_ns=now + self._config.poll_ns))
-        return effects
+        if not known:
+            return []
+        return [Send(dst=self._gcs, msg=PollActors(known=known)), *self._arm_poll(now)]
 
-    def _watching(self, entry: _Actor) -> bool:
+    def _arm_poll(self, now: Nanos) -> list[Msg]:
+        if self._poll_armed:
+            return []
+        self._poll_armed = True
+        return [SetTimer(key=_POLL_TIMER, at_ns=now + self._config.poll_ns)]
+
+    @staticmethod
+    def _watching(entry: _Actor) -> bool:
         if entry.dead:
             return False
         return bool(entry.pending()) or (entry.owned and entry.registered)
+
+    def _trim_dead(self) -> None:
+        idle_dead = [a for a, e in self._actors.items() if e.dead and not e.pending()]
+        for actor_id in idle_dead[:max(len(idle_dead) - self._config.dead_entries_max, 0)]:
+            del self._actors[actor_id]
 
     def on_timer(self, key: str, now: Nanos) -> list[Msg]:
         if key == _POLL_TIMER:
@@ -512,21 +527,16 @@ class ActorCaller:
     # --- end of each input ---------------------------------------------------------
 
     def settle(self, now: Nanos) -> list[Msg]:
-        """Stops owned actors gone out of scope, keeps polling armed, trims dead entries."""
+        """At the end of each input: stops owned actors whose every handle is gone."""
         effects: list[Msg] = []
-        for entry in self._actors.values():
-            if (entry.gc and entry.registered and not entry.scope_killed and not entry.dead
-                    and not entry.pending()
-                    and handle_object_id(entry.actor_id) not in self._objects):
-                entry.scope_killed = True
-                effects += self._request(None, KillActor(
-                    request_id=0, actor_id=entry.actor_id, out_of_scope=True), now)
-        if not self._poll_armed and any(self._watching(e) for e in self._actors.values()):
-            self._poll_armed = True
-            effects.append(SetTimer(key=_POLL_TIMER, at_ns=now + self._config.poll_ns))
-        idle_dead = [a for a, e in self._actors.items() if e.dead and not e.pending()]
-        for actor_id in idle_dead[:max(len(idle_dead) - self._config.dead_entries_max, 0)]:
-            del self._actors[actor_id]
+        for actor_id in list(self._gc_watch):
+            entry = self._actors[actor_id]
+            if entry.pending() or handle_object_id(actor_id) in self._objects:
+                continue
+            del self._gc_watch[actor_id]
+            entry.scope_killed = True
+            effects += self._request(None, KillActor(
+                request_id=0, actor_id=actor_id, out_of_scope=True), now)
         return effects
 
     def check_invariants(self) -> None:

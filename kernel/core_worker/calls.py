@@ -13,7 +13,7 @@ CPU can run other work, and ``WorkerUnblocked`` when no call blocks it any more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.kernel.core_worker.objects import ObjectTable
 from shoal.kernel.core_worker.protocol import (
@@ -40,6 +40,7 @@ class _Call:
     is_get: bool
     has_timer: bool
     fetch_local: bool = True  # done means readable here, not just finished somewhere
+    done: dict[ObjectId, None] = field(default_factory=dict)
 
 
 class CallTable:
@@ -95,7 +96,10 @@ class CallTable:
             effects += self._objects.ensure_local(object_id)
         for call_id in list(waiting):
             call = self._calls.get(call_id)
-            if call is not None and self._done_count(call) >= call.need:
+            if call is None or not self._is_done(call, object_id):
+                continue
+            call.done[object_id] = None
+            if len(call.done) >= call.need and self._still_done(call):
                 effects += self._finish(call, timed_out=False)
         return effects + self._update_blocked()
 
@@ -114,7 +118,19 @@ class CallTable:
         return effects
 
     def _done_count(self, call: _Call) -> int:
-        return sum(1 for info in call.refs if self._is_done(call, info.object_id))
+        """How many of the call's objects are done; counted once, then kept up to date by
+        ``on_object_done`` (so a get of n refs costs O(n), not O(n^2))."""
+        if not call.done:
+            for info in call.refs:
+                if self._is_done(call, info.object_id):
+                    call.done[info.object_id] = None
+        return len(call.done)
+
+    def _still_done(self, call: _Call) -> bool:
+        """Forgets objects that went back to pending (lost, being rebuilt) since counted."""
+        for object_id in [oid for oid in call.done if not self._is_done(call, oid)]:
+            del call.done[object_id]
+        return len(call.done) >= call.need
 
     def _is_done(self, call: _Call, object_id: ObjectId) -> bool:
         if call.fetch_local:

@@ -12,6 +12,9 @@ behind one ``handle`` entry:
   pushes, retries, cancels.
 * ``Executor`` (``executor.py``): tasks pushed to this process (workers only).
 * ``GcsClient`` (``gcs_client.py``): the node table (to notice dead nodes) and KV.
+* ``ActorCaller`` (``actors.py``): actors this process calls or owns: ordered
+  calls, creation, lookups, kills; ``ActorHost`` (``actor_executor.py``): the
+  actor this worker hosts, if any (issue #4).
 
 Inputs: ``Started``, ``Received``, ``TimerFired``, and host inputs from user
 code (``TaskSubmitted``, ``ObjectPut``, ``GetRequested``, ``WaitRequested``,
@@ -27,6 +30,34 @@ from __future__ import annotations
 
 import msgspec
 
+# --- actors (issue #4) ---
+from shoal.kernel.core_worker.actor_executor import ActorHost
+from shoal.kernel.core_worker.actor_protocol import (
+    ActorCallSubmitted,
+    ActorCreationRequested,
+    ActorInstanceCreated,
+    ActorKillRequested,
+    ActorLookupRequested,
+    ActorTaskAck,
+    ActorTaskDone,
+    ActorTaskExecuted,
+    ActorTaskRejected,
+    PushActorTask,
+)
+from shoal.kernel.core_worker.actors import (
+    ACTOR_REQUEST_TYPES,
+    ACTOR_TIMER_PREFIX,
+    ActorCaller,
+    ActorCallerConfig,
+)
+from shoal.kernel.gcs.actor_protocol import (
+    ActorRegistered,
+    ActorTableUpdate,
+    CreateActor,
+    KillActorReply,
+    NamedActorReply,
+)
+# --- end actors ---
 from shoal.kernel.core_worker.calls import CALL_TIMER_PREFIX, CallTable
 from shoal.kernel.core_worker.executor import Executor
 from shoal.kernel.core_worker.objects import FETCH_TIMER_PREFIX, ObjectTable
@@ -78,6 +109,8 @@ from shoal.kernel.task_spec import ObjectRefInfo
 CoreWorkerInput = (
     Started | Received | TimerFired | TaskSubmitted | ObjectPut | GetRequested | WaitRequested
     | RefsChanged | CancelRequested | TaskExecuted | KvCallRequested
+    | ActorCreationRequested | ActorCallSubmitted | ActorLookupRequested | ActorKillRequested
+    | ActorInstanceCreated | ActorTaskExecuted
 )
 
 
@@ -85,6 +118,7 @@ class CoreWorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     submitter: SubmitterConfig = msgspec.field(default_factory=SubmitterConfig)
     gcs_client: GcsClientConfig = msgspec.field(default_factory=GcsClientConfig)
     fetch_retry_ns: Nanos = 500 * NANOS_PER_MILLI
+    actors: ActorCallerConfig = msgspec.field(default_factory=ActorCallerConfig)
 
 
 class CoreWorker:
@@ -100,6 +134,8 @@ class CoreWorker:
         self.submitter = Submitter(address, raylet, self.objects, self.config.submitter)
         self.executor = Executor(address, self.objects)
         self.gcs_client = GcsClient(gcs, self.config.gcs_client)
+        self.actors = ActorCaller(address, gcs, self.objects, self.config.actors)
+        self.actor_host = ActorHost(address, self.objects)
         self._dead_nodes: dict[NodeId, None] = {}
         self._incarnations: dict[NodeId, int] = {}
 
@@ -107,7 +143,7 @@ class CoreWorker:
         """Feeds one input to the core worker and returns the effects, in order."""
         effects = self._dispatch(event, now)
         effects += self._announce_completions(now)
-        return effects + self.submitter.settle(now)
+        return effects + self.submitter.settle(now) + self.actors.settle(now)
 
     def _dispatch(self, event: CoreWorkerInput, now: Nanos) -> list[Msg]:
         match event:
@@ -134,10 +170,24 @@ class CoreWorker:
                 return self.gcs_client.handle(event, now=now)
             case Started():
                 return self._on_started(now)
+            # --- actors (issue #4) ---
+            case ActorCreationRequested():
+                return self.actors.on_create(event, now)
+            case ActorCallSubmitted():
+                return self.actors.submit(event, now)
+            case ActorLookupRequested():
+                return self.actors.on_lookup(event, now)
+            case ActorKillRequested():
+                return self.actors.on_kill(event, now)
+            case ActorInstanceCreated():
+                return self.actor_host.on_instance_created(event)
+            case ActorTaskExecuted():
+                return self.actor_host.on_executed(event)
         return []
 
     def _on_started(self, now: Nanos) -> list[Msg]:
         effects = self.gcs_client.handle(Started(), now=now)
+        self.actors.on_started(now)
         if self.address.component == "worker":
             effects.append(Send(dst=self.raylet, msg=RegisterWorker(
                 worker_id=WorkerId(self.address.worker))))
@@ -194,6 +244,24 @@ class CoreWorker:
                 return self.executor.on_cancel(src, msg)
             case NodeTableUpdate():
                 return self._on_node_table(msg, now)
+            # --- actors (issue #4) ---
+            case PushActorTask():
+                return self.actor_host.on_push(src, msg, now)
+            case ActorTaskDone():
+                return self.actors.on_done(src, msg)
+            case ActorTaskAck():
+                return self.actors.on_ack(msg)
+            case ActorTaskRejected():
+                return self.actors.on_rejected(msg, now)
+            case CreateActor():
+                return self.actor_host.on_create(src, msg, now)
+            case ActorTableUpdate():
+                return self.actors.on_table_update(msg, now)
+            case ActorRegistered() | NamedActorReply() | KillActorReply():
+                return self.actors.on_gcs_reply(msg, now)
+            case Rejected() if msg.request_type in ACTOR_REQUEST_TYPES:
+                return self.actors.on_gcs_reply(msg, now)
+            # --- end actors ---
             case Rejected():
                 return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
         if type(msg).__name__.startswith("Kv"):
@@ -236,6 +304,8 @@ class CoreWorker:
             return self.calls.on_timeout(int(key[len(CALL_TIMER_PREFIX):]))
         if key == POLL_TIMER or key.startswith("gcs_client."):
             return self.gcs_client.handle(event, now=now)
+        if key.startswith(ACTOR_TIMER_PREFIX):  # actors (issue #4)
+            return self.actors.on_timer(key, now)
         return []
 
     def _announce_completions(self, now: Nanos) -> list[Msg]:
@@ -246,6 +316,7 @@ class CoreWorker:
                 effects += self.calls.on_object_done(object_id)
                 effects += self.submitter.on_object_done(object_id, now)
                 effects += self.executor.on_object_done(object_id)
+                effects += self.actor_host.on_object_done(object_id)  # actors (issue #4)
             while objects.lost:
                 effects += self._on_lost(objects.lost.pop(0), now)
             while objects.freed_ids:
@@ -267,3 +338,5 @@ class CoreWorker:
         self.objects.check_invariants()
         self.submitter.check_invariants()
         self.gcs_client.check_invariants()
+        self.actors.check_invariants()
+        self.actor_host.check_invariants()

@@ -57,6 +57,7 @@ from shoal.kernel.raylet.object_protocol import (
 from shoal.kernel.task_spec import ObjectRefInfo
 
 FETCH_TIMER_PREFIX = "obj.fetch."
+_CHECK_BUDGET = 32
 
 
 class ObjPhase(Enum):
@@ -109,6 +110,7 @@ class ObjectTable:
         self.completed: list[ObjectId] = []
         self.lost: list[ObjectId] = []
         self.freed_ids: list[ObjectId] = []
+        self._check_queue: list[ObjectId] = []
 
     # --- introspection ---------------------------------------------------
 
@@ -373,7 +375,15 @@ class ObjectTable:
         ref.phase = to
 
     def check_invariants(self) -> None:
-        for oid, ref in self._refs.items():
+        """Checks up to ``_CHECK_BUDGET`` rows per call, cycling through all of them, so
+        that checking after every step stays O(1) however many objects there are."""
+        if not self._check_queue:
+            self._check_queue = list(self._refs)
+        for _ in range(min(_CHECK_BUDGET, len(self._check_queue))):
+            oid = self._check_queue.pop()
+            ref = self._refs.get(oid)
+            if ref is None:
+                continue
             if ref.object_id != oid:
                 raise InvariantViolation(f"core_worker: object {oid!r} is filed under another id")
             if ref.owned != (ref.owner == self.me):

@@ -1,0 +1,333 @@
+"""Actor side of a worker: host one actor, run its constructor, then its calls in order.
+
+Theory of operation
+-------------------
+A worker hosts at most one actor incarnation, the one the GCS leased it for:
+``CreateActor`` (from the GCS) moves the host from ``EMPTY`` to
+``CONSTRUCTING``: the constructor's ref arguments are fetched, then the host
+is asked to instantiate the class (``CreateActorInstance``). Its report
+(``ActorInstanceCreated``) makes the actor ``READY``, or ``FAILED`` if the
+constructor raised; either way the GCS is answered ``ActorCreated``
+(retransmits of ``CreateActor`` are answered ``ActorCreating`` meanwhile, and
+the cached ``ActorCreated`` after). A ``CreateActor`` for another actor or
+incarnation is refused.
+
+Calls: ``PushActorTask`` names the caller's session and its sequence number.
+Each session has an ``expected`` number: the call bearing it is *accepted*
+(then the buffered ones that follow it), later ones wait in a buffer, earlier
+ones are retransmits (answered from the session's record of answers, or
+``ActorTaskAck`` while they are pending). Accepted calls line up in one queue
+in acceptance order; the head starts (``ExecuteActorTask``) once its ref
+arguments are here and fewer than ``max_concurrency`` calls run, so calls of
+one caller start in submission order (and, with ``max_concurrency=1``, run
+one after another in that order). ``ActorTaskExecuted`` answers the caller
+``ActorTaskDone``, kept in the session's record until the caller's
+``processed`` mark passes it. A ``FAILED`` actor answers every call with the
+constructor's error. A push for an actor or incarnation not hosted here is
+answered ``ActorTaskRejected`` (the caller's view is stale).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from shoal.kernel.core_worker.actor_protocol import (
+    ActorInstanceCreated,
+    ActorTaskAck,
+    ActorTaskDone,
+    ActorTaskExecuted,
+    ActorTaskRejected,
+    CreateActorInstance,
+    ExecuteActorTask,
+    PushActorTask,
+)
+from shoal.kernel.core_worker.objects import ObjectTable
+from shoal.kernel.core_worker.protocol import LocalObject, ObjectError, ObjectResult
+from shoal.kernel.errors import InvariantViolation
+from shoal.kernel.gcs.actor_protocol import (
+    ActorCreated,
+    ActorCreating,
+    ActorDeathCause,
+    ActorSpec,
+    CreateActor,
+)
+from shoal.kernel.ids import Nanos, ObjectId, TaskId
+from shoal.kernel.messages import Address, Msg, Rejected, Send
+from shoal.kernel.raylet.object_protocol import PinObject
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+
+SESSIONS_MAX = 4096  # caller sessions remembered, least recently active dropped
+
+
+class HostPhase(Enum):
+    EMPTY = "empty"
+    CONSTRUCTING = "constructing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One call (or the constructor) while its arguments resolve and it runs."""
+
+    spec: TaskSpec
+    caller: Address
+    session: str = ""
+    seq: int = -1
+    resolved: tuple[Payload | None, ...] = ()
+    args: list[Payload | LocalObject | None] = field(default_factory=list)
+    waiting: dict[ObjectId, list[int]] = field(default_factory=dict)
+    counted: list[ObjectRefInfo] = field(default_factory=list)
+    error: ObjectError | None = None
+    started: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    expected: int = 0
+    buffered: dict[int, tuple[PushActorTask, Address]] = field(default_factory=dict)
+    answers: dict[int, ActorTaskDone] = field(default_factory=dict)
+
+
+class ActorHost:
+    """The actor this worker hosts, if any. A sub-machine of ``CoreWorker``."""
+
+    def __init__(self, me: Address, objects: ObjectTable) -> None:
+        self._me = me
+        self._objects = objects
+        self.phase = HostPhase.EMPTY
+        self.spec: ActorSpec | None = None
+        self.num_restarts = 0
+        self._gcs: Address | None = None
+        self._function = b""
+        self._created: ActorCreated | None = None
+        self._ctor: _Run | None = None
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._ready: deque[_Run] = deque()
+        self._running: dict[TaskId, _Run] = {}
+        self.executed = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._ready or self._running)
+
+    # --- creation --------------------------------------------------------------
+
+    def on_create(self, src: Address, msg: CreateActor, now: Nanos) -> list[Msg]:
+        spec = self.spec
+        if spec is not None:
+            if spec.actor_id != msg.spec.actor_id or self.num_restarts != msg.num_restarts:
+                return [Send(dst=src, msg=Rejected(request_type="CreateActor", reason=(
+                    f"worker {self._me} already hosts actor {spec.actor_id} (incarnation "
+                    f"{self.num_restarts}); a worker hosts one actor for its whole life")))]
+            if self._created is not None:
+                return [Send(dst=src, msg=self._created)]
+            return [Send(dst=src, msg=ActorCreating(actor_id=spec.actor_id,
+                                                    num_restarts=self.num_restarts))]
+        if src.component != "gcs" or self._me.component != "worker":
+            return [Send(dst=src, msg=Rejected(request_type="CreateActor", reason=(
+                f"{self._me}: only the GCS may place an actor, and only on a worker")))]
+        self.spec, self.num_restarts, self._gcs = msg.spec, msg.num_restarts, src
+        self._function = msg.function
+        self.phase = HostPhase.CONSTRUCTING
+        self._ctor = _Run(spec=msg.spec.creation, caller=src)
+        ack = Send(dst=src, msg=ActorCreating(actor_id=msg.spec.actor_id,
+                                              num_restarts=msg.num_restarts))
+        return [ack, *self._resolve(self._ctor, now), *self._maybe_construct()]
+
+    def _maybe_construct(self) -> list[Msg]:
+        run = self._ctor
+        if run is None or run.waiting or run.started:
+            return []
+        assert self.spec is not None
+        if run.error is not None:
+            cause = ActorDeathCause(kind="creation_failed", message=(
+                f"actor {self.spec.actor_id} ({self.spec.class_name}) could not be created: "
+                f"an argument of its constructor failed: {run.error.message}"),
+                data=run.error.data)
+            return self.on_instance_created(ActorInstanceCreated(
+                actor_id=self.spec.actor_id, num_restarts=self.num_restarts, error=cause))
+        run.started = True
+        return [CreateActorInstance(spec=self.spec, num_restarts=self.num_restarts,
+                                    args=_args(run), function=self._function)]
+
+    def on_instance_created(self, msg: ActorInstanceCreated) -> list[Msg]:
+        spec, gcs = self.spec, self._gcs
+        if spec is None or gcs is None or msg.actor_id != spec.actor_id or (
+                msg.num_restarts != self.num_restarts or self._created is not None):
+            return []  # not the actor we host: stale
+        effects = self._release(self._ctor) if self._ctor is not None else []
+        self._ctor = None
+        self.phase = HostPhase.FAILED if msg.error is not None else HostPhase.READY
+        self._created = ActorCreated(actor_id=spec.actor_id, num_restarts=self.num_restarts,
+                                     error=msg.error)
+        return effects + [Send(dst=gcs, msg=self._created), *self._start_ready()]
+
+    # --- calls -------------------------------------------------------------------
+
+    def on_push(self, src: Address, msg: PushActorTask, now: Nanos) -> list[Msg]:
+        spec = self.spec
+        if spec is None or spec.actor_id != msg.actor_id or self.num_restarts != msg.num_restarts:
+            hosted = f"actor {spec.actor_id} incarnation {self.num_restarts}" if spec else "none"
+            return [Send(dst=src, msg=ActorTaskRejected(
+                actor_id=msg.actor_id, num_restarts=msg.num_restarts, task_id=msg.spec.task_id,
+                reason=f"worker {self._me} hosts {hosted}, not incarnation "
+                       f"{msg.num_restarts} of actor {msg.actor_id}"))]
+        session = self._session(msg.caller)
+        for seq in [s for s in session.answers if s < msg.processed]:
+            del session.answers[seq]
+        answer = session.answers.get(msg.seq)
+        if answer is not None:
+            return [Send(dst=src, msg=answer)]
+        ack = Send(dst=src, msg=ActorTaskAck(task_id=msg.spec.task_id, attempt=msg.spec.attempt))
+        if msg.seq < session.expected or msg.seq in session.buffered:
+            return [ack] if msg.seq >= msg.processed else []  # pending here, or answered long ago
+        session.buffered[msg.seq] = (msg, src)
+        effects: list[Msg] = [ack]
+        while session.expected in session.buffered:
+            push, caller = session.buffered.pop(session.expected)
+            session.expected += 1
+            run = _Run(spec=push.spec, caller=caller, session=push.caller, seq=push.seq,
+                       resolved=push.resolved)
+            self._ready.append(run)
+            effects += self._resolve(run, now)
+        return effects + self._start_ready()
+
+    def _session(self, caller: str) -> _Session:
+        session = self._sessions.get(caller)
+        if session is None:
+            session = self._sessions[caller] = _Session()
+            while len(self._sessions) > SESSIONS_MAX:
+                self._sessions.popitem(last=False)
+        self._sessions.move_to_end(caller)
+        return session
+
+    def _start_ready(self) -> list[Msg]:
+        if self.phase is HostPhase.FAILED:
+            effects: list[Msg] = []
+            while self._ready:
+                effects += self._answer_failed(self._ready.popleft())
+            return effects
+        if self.phase is not HostPhase.READY or self.spec is None:
+            return []
+        effects = []
+        while self._ready and len(self._running) < self.spec.max_concurrency:
+            run = self._ready[0]
+            if run.waiting:
+                break  # calls start in order: wait for the head's arguments
+            self._ready.popleft()
+            if run.error is not None:
+                effects += self._answer(run, tuple(
+                    ObjectResult(object_id=oid, error=run.error) for oid in run.spec.return_ids))
+                continue
+            run.started = True
+            self._running[run.spec.task_id] = run
+            effects.append(ExecuteActorTask(actor_id=self.spec.actor_id, spec=run.spec,
+                                            args=_args(run)))
+        return effects
+
+    def _answer_failed(self, run: _Run) -> list[Msg]:
+        assert self._created is not None and self._created.error is not None
+        cause = self._created.error
+        error = ObjectError(kind="actor_died", message=cause.message, data=cause.data)
+        return self._answer(run, tuple(ObjectResult(object_id=oid, error=error)
+                                       for oid in run.spec.return_ids))
+
+    def on_executed(self, msg: ActorTaskExecuted) -> list[Msg]:
+        run = self._running.pop(msg.task_id, None)
+        if run is None or self.spec is None or msg.actor_id != self.spec.actor_id:
+            return []  # not a call running here: stale
+        for result in msg.results:
+            for inner in result.value.contained if result.value else ():
+                if inner.owner == self._me:
+                    self._objects.add_borrower(inner.object_id, run.caller)
+        raylet = Address(node=self._me.node, component="raylet")
+        effects: list[Msg] = [
+            Send(dst=raylet, msg=PinObject(object_id=r.object_id, owner=run.caller, size=r.size))
+            for r in msg.results if getattr(r, "stored", False) and r.error is None]
+        effects += self._answer(run, msg.results, msg.borrowed)
+        return effects + self._start_ready()
+
+    def _answer(self, run: _Run, results: tuple[ObjectResult, ...],
+                borrowed: tuple[ObjectRefInfo, ...] = ()) -> list[Msg]:
+        assert self.spec is not None
+        self.executed += 1
+        done = ActorTaskDone(actor_id=self.spec.actor_id, task_id=run.spec.task_id,
+                             attempt=run.spec.attempt, results=results, borrowed=borrowed)
+        session = self._sessions.get(run.session)
+        if session is not None:
+            session.answers[run.seq] = done
+        return [Send(dst=run.caller, msg=done), *self._release(run)]
+
+    # --- arguments -------------------------------------------------------------------
+
+    def _resolve(self, run: _Run, now: Nanos) -> list[Msg]:
+        effects: list[Msg] = []
+        for index, arg in enumerate(run.spec.args):
+            given = run.resolved[index] if index < len(run.resolved) else None
+            if arg.ref is None or given is not None:
+                run.args.append(arg.value if arg.ref is None else given)
+                continue
+            run.args.append(None)
+            run.counted.append(arg.ref)
+            effects += self._objects.change_tasks(arg.ref, +1)
+            result = self._objects.result(arg.ref.object_id)
+            if result is not None and result.error is not None:
+                run.error = run.error or result.error
+                continue
+            if result is not None and self._objects.readable(arg.ref.object_id):
+                run.args[index] = _arg_value(result)
+                continue
+            run.waiting.setdefault(arg.ref.object_id, []).append(index)
+            effects += self._objects.fetch(arg.ref, now)
+            effects += self._objects.ensure_local(arg.ref.object_id)
+        return effects
+
+    def on_object_done(self, object_id: ObjectId) -> list[Msg]:
+        runs = [r for r in ([self._ctor] if self._ctor else []) + list(self._ready)
+                if object_id in r.waiting]
+        if not runs:
+            return []
+        result = self._objects.result(object_id)
+        if result is None:
+            return []  # back to pending (its copies were lost): wait again
+        if result.error is None and not self._objects.readable(object_id):
+            return self._objects.ensure_local(object_id)
+        for run in runs:
+            indexes = run.waiting.pop(object_id)
+            if result.error is not None:
+                run.error = run.error or result.error
+            for index in indexes:
+                run.args[index] = _arg_value(result)
+        return self._maybe_construct() + self._start_ready()
+
+    def _release(self, run: _Run) -> list[Msg]:
+        effects: list[Msg] = []
+        for ref in run.counted:
+            effects += self._objects.change_tasks(ref, -1)
+        run.counted = []
+        return effects
+
+    def check_invariants(self) -> None:
+        if (self.spec is None) != (self.phase is HostPhase.EMPTY):
+            raise InvariantViolation(
+                f"core_worker actor host: phase {self.phase.value} with spec {self.spec!r}")
+        limit = self.spec.max_concurrency if self.spec is not None else 0
+        if len(self._running) > limit:
+            raise InvariantViolation(
+                f"core_worker actor host: {len(self._running)} calls run at once, above "
+                f"max_concurrency={limit}")
+
+
+def _arg_value(result: ObjectResult) -> Payload | LocalObject | None:
+    """An argument for the host: inline bytes, or a pointer into this node's store."""
+    if getattr(result, "stored", False):
+        contained = result.value.contained if result.value is not None else ()
+        return LocalObject(object_id=result.object_id, contained=contained)
+    return result.value
+
+
+def _args(run: _Run) -> tuple[Payload | LocalObject, ...]:
+    return tuple(a if a is not None else Payload(data=b"") for a in run.args)
