@@ -233,7 +233,7 @@ class CoreWorker:
             case RefReleased():
                 return self.objects.on_ref_released(src, msg)
             case LeaseCheck():
-                return [Send(dst=src, msg=self.submitter.lease_check_reply(msg))]
+                return [Send(dst=src, msg=self.submitter.lease_check_reply(src, msg))]
             case ObjectLocal():
                 return self.objects.on_object_local(msg)
             case ObjectUnavailable():

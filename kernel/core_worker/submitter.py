@@ -353,11 +353,16 @@ class Submitter:
                      at_ns=now + self._config.lease_retry_ns),
         ]
 
-    def lease_check_reply(self, msg: LeaseCheck) -> LeaseCheckReply:
-        """Which of these leases this owner still holds (a returning one is let go)."""
-        held = tuple(lease_id for lease_id in msg.lease_ids if lease_id in self._leases)
-        released = tuple(lease_id for lease_id in msg.lease_ids if lease_id not in self._leases)
-        return LeaseCheckReply(held=held, released=released)
+    def lease_check_reply(self, src: Address, msg: LeaseCheck) -> LeaseCheckReply:
+        """Which of these leases this owner still holds or waits for (a returning one is
+        let go). A lease whose grant was lost still answers a request we wait for."""
+        held: list[str] = []
+        released: list[str] = []
+        for lease_id, request_id in zip(msg.lease_ids, msg.request_ids, strict=False):
+            request = self._requests.get(request_id)
+            waiting = request is not None and request.raylet == src
+            (held if lease_id in self._leases or waiting else released).append(lease_id)
+        return LeaseCheckReply(held=tuple(held), released=tuple(released))
 
     def on_return_timer(self, lease_id: str, now: Nanos) -> list[Msg]:
         lease = self._returning.pop(lease_id, None)

@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 Every ``check_interval_ns`` the raylet sends each owner of granted leases one
-``LeaseCheck`` listing them. The owner answers ``LeaseCheckReply``: leases it
-holds reset their miss count; leases it does not know (it returned them and the
-``ReturnWorker`` was lost, or it never saw the grant because it had withdrawn
-the request) are released back to the pool. A lease whose owner has not
+``LeaseCheck`` listing them (with the request each answered). The owner answers
+``LeaseCheckReply``: leases it holds, or whose request it still waits for (the
+grant was lost; its next retransmit fetches it again), reset their miss count;
+leases it does not know (it returned them and the ``ReturnWorker`` was lost, or
+it withdrew the request) are released back to the pool. A lease whose owner has not
 answered ``misses_max`` checks in a row is reclaimed (its worker is killed):
 the owner is dead or cut off, and a lease must not outlive its owner. This
 covers every way a lease can be forgotten, whatever message was lost.
@@ -38,21 +39,24 @@ class LeaseChecker:
     def arm(self, now: Nanos) -> SetTimer:
         return SetTimer(key=LEASE_CHECK_TIMER, at_ns=now + self._config.check_interval_ns)
 
-    def on_timer(self, granted: list[tuple[str, Address]], now: Nanos) -> tuple[list[Msg], list[str]]:
+    def on_timer(self, granted: list[tuple[str, Address, int]],
+                 now: Nanos) -> tuple[list[Msg], list[str]]:
         """Sends this round's checks; returns them and the leases whose owner went silent."""
-        by_owner: dict[Address, list[str]] = {}
+        by_owner: dict[Address, list[tuple[str, int]]] = {}
         misses: dict[str, int] = {}
         doomed: list[str] = []
-        for lease_id, owner in granted:
+        for lease_id, owner, request_id in granted:
             count = self._misses.get(lease_id, -1) + 1  # -1: the first round is not a miss
             if count > self._config.misses_max:
                 doomed.append(lease_id)
                 continue
             misses[lease_id] = count
-            by_owner.setdefault(owner, []).append(lease_id)
+            by_owner.setdefault(owner, []).append((lease_id, request_id))
         self._misses = misses
-        effects: list[Msg] = [Send(dst=owner, msg=LeaseCheck(lease_ids=tuple(ids)))
-                              for owner, ids in by_owner.items()]
+        effects: list[Msg] = [
+            Send(dst=owner, msg=LeaseCheck(lease_ids=tuple(lease for lease, _ in pairs),
+                                           request_ids=tuple(req for _, req in pairs)))
+            for owner, pairs in by_owner.items()]
         return effects + [self.arm(now)], doomed
 
     def on_reply(self, msg: LeaseCheckReply) -> list[str]:

@@ -99,7 +99,7 @@ from shoal.kernel.raylet.workers import (
 from shoal.kernel.task_spec import NodeAffinity
 
 Key = tuple[Address, int]
-_OWNERS = ("worker", "driver")
+_OWNERS = ("worker", "driver", "gcs")  # the GCS leases workers for actors (issue #4)
 
 
 class LeaseConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -231,8 +231,8 @@ class LeaseManager:
         if problem:
             return [self._reject(src, msg.request_id, problem)]
         owner_node = self._nodes.nodes.get(src.node)
-        if src in self._cluster.departed or (
-                src.node != self.node_id and owner_node is not None and owner_node.state == "dead"):
+        if src.component != "gcs" and (src in self._cluster.departed or (
+                src.node != self.node_id and owner_node is not None and owner_node.state == "dead")):
             return []  # from an owner known dead; a live one retries once we know better
         request = _Request(
             owner=src, request_id=msg.request_id, shape=dict(msg.shape), need=to_units(msg.shape),
@@ -328,9 +328,9 @@ class LeaseManager:
         effects += self._workers_died([(worker.worker_id, worker.lease_id, cause, True)])
         return effects + self._dispatch(now)
 
-    def granted(self) -> list[tuple[str, Address]]:
-        """Granted leases and their owners, in grant order."""
-        return [(lease_id, r.owner) for lease_id, r in self._leases.items()]
+    def granted(self) -> list[tuple[str, Address, int]]:
+        """Granted leases with their owners and request ids, in grant order."""
+        return [(lease_id, r.owner, r.request_id) for lease_id, r in self._leases.items()]
 
     def release(self, lease_id: str, now: Nanos) -> list[Msg]:
         """The owner says it no longer holds the lease: the worker goes back to the pool."""
@@ -483,17 +483,25 @@ class LeaseManager:
     def _dispatch(self, now: Nanos) -> list[Msg]:
         """Takes resources for queued requests while workers can serve them, then leases."""
         waiting = [r for r in self._pending.values() if r.phase is RequestPhase.WAITING]
+        # Actor workers (leased to the GCS) are dedicated: each brings its own pool slot,
+        # so actors never starve tasks of workers (Ray starts workers for actors as needed).
+        self.pool.dedicated = sum(1 for r in self._requests.values() if r.owner.component == "gcs"
+                                  and r.phase in (RequestPhase.WAITING, RequestPhase.GRANTED))
         slots = self.pool.free_slots() - len(waiting)
         for request in list(self._pending.values()):
-            if slots <= 0:
-                break
+            dedicated = request.owner.component == "gcs"
+            if slots <= 0 and not dedicated:
+                continue
             if request.phase is RequestPhase.QUEUED and self.ledger.fits_now(request.need):
                 request.lease_id = f"{self._lease_prefix}{self._next_lease}"
                 self._next_lease += 1
                 self.ledger.acquire(request.lease_id, request.need)
                 self._move(request, RequestPhase.WAITING)
                 waiting.append(request)
-                slots -= 1
+                if dedicated:
+                    self.pool.dedicated += 1
+                else:
+                    slots -= 1
         effects: list[Msg] = []
         for request in waiting:
             worker_id = self.pool.pop_idle(request.lease_id)
@@ -573,6 +581,8 @@ class LeaseManager:
     def _owner_node_gone(self, request: _Request) -> bool:
         if request.owner.node == self.node_id:
             return False  # local owners die with their workers, or with this node
+        if request.owner.component == "gcs":
+            return False  # actor leases: the GCS outlives its node's raylet, and restarts
         if request.owner in self._cluster.departed:
             return True
         info = self._nodes.nodes.get(request.owner.node)

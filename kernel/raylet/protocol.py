@@ -83,6 +83,7 @@ class LeaseCheck(Msg):
     must not pin a worker forever.)"""
 
     lease_ids: tuple[str, ...]
+    request_ids: tuple[Seq, ...]  # the request each lease answered, position by position
 
 
 class LeaseCheckReply(Msg):
