@@ -1,11 +1,10 @@
 """shoal: Ray's programming model on sans-IO kernels, with a deterministic simulator.
 
-``import shoal as ray`` is the intended use: ``remote``, ``get``, ``put``,
-``wait``, ``cancel``, ``ObjectRef``, ``get_runtime_context``, ``nodes``... run
-today inside ``shoal.sim.Simulation(...).run(main)``. ``init()`` is a no-op
-there; outside a simulation it needs the production host, which is not built
-yet, and says so. Actors (``kill``, ``get_actor``, ``@remote`` on a class) are
-not supported yet. See README.md for what works today.
+``import shoal as ray`` is the intended use: ``init`` starts (or joins) a
+cluster of real processes; ``remote``, ``get``, ``put``, ``wait``, ``cancel``,
+``ObjectRef``, ``get_runtime_context``, ``nodes``... work on it, and the same
+program runs unmodified inside ``shoal.sim.Simulation(...).run(main)``, where
+``init`` is a no-op. See README.md for what works today.
 """
 
 from shoal import exceptions
@@ -17,16 +16,14 @@ from shoal.runtime.api import (
     get,
     get_actor,
     get_runtime_context,
-    init,
-    is_initialized,
     kill,
     method,
     nodes,
     put,
     remote,
-    shutdown,
     wait,
 )
+from shoal.runtime.cluster import init, is_initialized, shutdown
 
 __version__ = "0.1.0"
 
@@ -50,3 +47,13 @@ __all__ = [
     "shutdown",
     "wait",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``shoal.sim`` (the simulator) and ``shoal.util`` load on first use, so that
+    # ``import shoal`` stays light for programs that never simulate.
+    if name in ("sim", "util"):
+        import importlib
+
+        return importlib.import_module(f"shoal.{name}")
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")

@@ -43,6 +43,8 @@ from shoal.kernel.messages import (
 from shoal.kernel.raylet import Raylet, RayletConfig
 from shoal.kernel.raylet.leases import LeaseConfig, RequestPhase
 from shoal.kernel.raylet.protocol import (
+    LeaseCheck,
+    LeaseCheckReply,
     CancelLeaseRequest,
     KillWorker,
     LeasedWorkerDied,
@@ -99,6 +101,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.table_version = 0
         self.view_version = 0
         self.departed: set[Address] = set()  # remote owners the cluster view says are gone
+        self.replies: list[tuple[Address, Msg]] = []  # owners' answers to lease checks
 
     # --- plumbing --------------------------------------------------------------
 
@@ -107,6 +110,9 @@ class LeaseMachine(RuleBasedStateMachine):
         self.raylet.check_invariants()
         for effect in effects:
             self._carry_out(effect)
+        while self.replies:  # owners answer lease checks at once
+            src, reply = self.replies.pop(0)
+            self.feed(Received(src=src, msg=reply))
         return effects
 
     def _carry_out(self, effect: Msg) -> None:
@@ -149,6 +155,10 @@ class LeaseMachine(RuleBasedStateMachine):
                 self.grants.pop(msg.lease_id, None)
             case Rejected():
                 raise AssertionError(f"the raylet rejected a well-formed input: {msg}")
+            case LeaseCheck():
+                held = tuple(lease for lease in msg.lease_ids if lease in self.grants)
+                released = tuple(lease for lease in msg.lease_ids if lease not in self.grants)
+                self.replies.append((dst, LeaseCheckReply(held=held, released=released)))
             case LeaseSpillback() | LeaseRejected() | RegisterNode():
                 if isinstance(msg, RegisterNode):
                     self.register_attempt = msg.attempt

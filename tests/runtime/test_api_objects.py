@@ -246,13 +246,6 @@ def test_init_is_a_no_op_where_a_context_is_bound(ctx) -> None:
     assert shoal.is_initialized()
 
 
-def test_init_without_a_host_says_the_production_host_is_missing(no_ctx) -> None:
-    assert not shoal.is_initialized()
-    with pytest.raises(NotImplementedError, match="production host is not built yet.*"
-                                                  r"shoal\.sim\.Simulation"):
-        shoal.init()
-
-
 def test_init_uses_a_registered_host_starter(no_ctx) -> None:
     stopped = []
     fake = FakeContext()

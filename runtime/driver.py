@@ -1,0 +1,454 @@
+"""The process side of a core worker: a trio thread, and the API's ``WorkerContext``.
+
+Theory of operation
+-------------------
+A driver (the user's process) and a worker each run one ``CoreWorker`` kernel.
+``CoreWorkerRuntime`` runs it on a ``KernelLoop`` in a background thread with
+its own trio run, connected to the node daemon's Unix socket
+(``runtime/local_transport.py``): every ``Send`` goes to the daemon, which
+routes it; every envelope from the daemon addressed to this process becomes a
+``Received`` input. If the connection closes, the daemon is gone: ``on_lost``
+says so (the driver fails its blocked calls, a worker exits).
+
+``ProdWorkerContext`` is the ``WorkerContext`` the API layer calls from user
+threads (``runtime/api/context.py`` has the threading contract):
+
+* ``submit_task``, ``put_object``, ``cancel_task`` and the ``KvCallRequested``
+  of ``kv_call`` append inputs to the loop's cross-thread queue; the loop takes
+  everything queued once per round, so a burst of calls costs one wakeup of
+  trio, not one per call.
+* ``ref_added``/``ref_removed`` only append ``(ref, +-1)`` to a deque (lock-free,
+  safe from a GC pass in any thread, at exit too). Before any other input is
+  queued, the deque is folded into one ``RefsChanged`` ahead of it, under the
+  context's lock, so the kernel sees one thread's calls in the order they were
+  made; the loop also folds the deque every ``REFS_FLUSH_S`` for refs dropped
+  with no call after them.
+* ``get_objects``/``wait_objects``/``kv_call`` queue a request with a fresh
+  ``call_id`` and wait on a ``threading.Event``, set by the trio thread when the
+  kernel emits ``GetCompleted``/``WaitCompleted``/``CallCompleted`` for it.
+  Timeouts are the kernel's (``timeout_ns``); the host never guesses.
+* ``nodes()`` and friends read the kernel's node view inside the trio thread.
+
+A worker's task thread can be interrupted (``InterruptTask``): the error is
+raised at its current or next blocking call, as in the simulator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+import trio
+from shoal.kernel.core_worker import CoreWorker
+from shoal.kernel.core_worker.protocol import (
+    CancelRequested,
+    GetCompleted,
+    GetRequested,
+    ObjectPut,
+    ObjectResult,
+    RefsChanged,
+    TaskSubmitted,
+    WaitCompleted,
+    WaitRequested,
+)
+from shoal.kernel.gcs.protocol import KvRequest
+from shoal.kernel.gcs_client import CallCompleted, KvCallRequested
+from shoal.kernel.ids import ActorId, NodeId, ObjectId, TaskId
+from shoal.kernel.messages import Address, Msg, Received, Started
+from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+from shoal.kernel.wire import Envelope
+from shoal.runtime.api.exceptions import RaySystemError
+from shoal.runtime.kernel_host import KernelLoop
+from shoal.runtime.local_transport import (
+    Connection,
+    HelloReply,
+    connect_local,
+)
+
+REFS_FLUSH_S = 0.05
+STOP_FLUSH_S = 0.2
+T = TypeVar("T")
+
+HostEffect = Callable[[Msg], None]
+
+
+class CoreWorkerRuntime:
+    """A ``CoreWorker`` on a trio loop in a background thread, linked to its daemon."""
+
+    def __init__(self, *, socket_path: str, token: str, address: Address,
+                 on_effect: HostEffect, on_lost: Callable[[str], None], log: Any = None) -> None:
+        self.socket_path = socket_path
+        self.address = address
+        self._token = token
+        self._on_effect = on_effect
+        self._on_lost = on_lost
+        log = log or structlog.get_logger("shoal.runtime.core_worker")
+        self._log = log.bind(address=str(address))
+        self._thread = threading.Thread(target=self._thread_main, daemon=True,
+                                        name=f"shoal-trio-{address.component}")
+        self._ready = threading.Event()
+        self._view_ready = threading.Event()
+        self._error: BaseException | None = None
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._conn: Connection | None = None
+        self._stopping = False
+        self.reply: HelloReply | None = None
+        self.kernel: CoreWorker | None = None
+        self.loop: KernelLoop | None = None
+        self.periodic: list[Callable[[], None]] = []
+
+    def start(self, timeout_s: float = 10.0) -> HelloReply:
+        """Starts the thread and connects; returns the daemon's welcome.
+
+        Raises:
+            ConnectionError: the daemon refused or could not be reached.
+        """
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise ConnectionError(f"no connection to the node daemon at {self.socket_path} "
+                                  f"within {timeout_s}s")
+        if self._error is not None:
+            raise ConnectionError(f"cannot connect to the node daemon at {self.socket_path}: "
+                                  f"{self._error}") from self._error
+        assert self.reply is not None
+        return self.reply
+
+    def post(self, events: list[Msg]) -> bool:
+        """Hands inputs to the kernel from any thread; False once the loop is gone."""
+        loop = self.loop
+        if loop is None:
+            return False
+        return loop.post_from_thread([(self.address, event) for event in events])
+
+    def run_in_loop(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn`` in the trio thread and returns its result (blocks the caller)."""
+        if self._trio_token is None:
+            raise RaySystemError("the core worker's loop is not running")
+        try:
+            return trio.from_thread.run_sync(fn, trio_token=self._trio_token)
+        except trio.RunFinishedError:
+            raise RaySystemError("the core worker's loop has stopped") from None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stops the loop (after a short flush of what it still has to send) and joins
+        the thread; from any thread but the loop's."""
+        self._stopping = True
+        token, nursery = self._trio_token, self._nursery
+        if token is not None and nursery is not None:
+            try:
+                token.run_sync_soon(nursery.start_soon, self._flush_and_stop)
+            except (trio.RunFinishedError, RuntimeError):
+                pass
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+
+    # --- the trio thread -------------------------------------------------------
+
+    async def _flush_and_stop(self) -> None:
+        with trio.move_on_after(STOP_FLUSH_S):
+            while not self._flushed():
+                await trio.sleep(0.001)
+        assert self._cancel is not None
+        self._cancel.cancel()
+
+    def _flushed(self) -> bool:
+        """The loop has handled what user threads posted, and the socket has written it."""
+        conn, loop = self._conn, self.loop
+        return conn is None or conn.closed or (conn.idle and (loop is None or loop.idle))
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # noqa: BLE001  # report, never die silently
+            self._error = self._error or exc
+            self._log.exception("core_worker.loop_crashed")
+            self._ready.set()
+            if not self._stopping:
+                self._on_lost(f"the core worker's loop crashed: {exc!r}")
+
+    async def _main(self) -> None:
+        try:
+            conn, reply = await connect_local(self.socket_path, token=self._token,
+                                              address=self.address, log=self._log)
+        except (OSError, ConnectionError) as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        assert reply.raylet is not None and reply.gcs is not None
+        self._conn, self.reply = conn, reply
+        self.kernel = CoreWorker(self.address, raylet=reply.raylet, gcs=reply.gcs)
+        self.loop = KernelLoop(self._route, log=self._log)
+        self.loop.add_kernel(self.address, self.kernel, on_effect=self._host_effect)
+        self.loop.after_round.append(self._check_view)
+        async with trio.open_nursery() as nursery:
+            self._cancel, self._nursery = nursery.cancel_scope, nursery
+            self._trio_token = trio.lowlevel.current_trio_token()
+            await nursery.start(self.loop.run)
+            nursery.start_soon(conn.run_writer)
+            nursery.start_soon(self._read, conn)
+            nursery.start_soon(self._periodic)
+            self.loop.post(self.address, Started())
+            self._ready.set()
+        await conn.aclose()
+
+    def _check_view(self) -> None:
+        if not self._view_ready.is_set() and self.kernel and self.kernel.gcs_client.view.version:
+            self._view_ready.set()
+
+    def wait_for_view(self, timeout_s: float) -> bool:
+        """Waits until the kernel has its first node table from the GCS."""
+        return self._view_ready.wait(timeout_s)
+
+    def _route(self, src: Address, dst: Address, msg: Msg) -> None:
+        assert self._conn is not None
+        self._conn.send(Envelope(src=src, dst=dst, msg=msg))  # the daemon routes
+
+    def _host_effect(self, address: Address, effect: Msg) -> None:
+        self._on_effect(effect)
+
+    async def _read(self, conn: Connection) -> None:
+        reason = await conn.run_reader(self._on_batch, check_src=False)
+        if not self._stopping:
+            self._log.warning("core_worker.daemon_lost", reason=reason)
+            self._on_lost(f"the connection to the node daemon ended ({reason})")
+            assert self._cancel is not None
+            self._cancel.cancel()
+
+    def _on_batch(self, conn: Connection, envelopes: list[Envelope]) -> None:
+        assert self.loop is not None
+        for envelope in envelopes:
+            if envelope.dst == self.address:
+                self.loop.post(self.address, Received(src=envelope.src, msg=envelope.msg))
+
+    async def _periodic(self) -> None:
+        while True:
+            await trio.sleep(REFS_FLUSH_S)
+            for fn in self.periodic:
+                fn()
+
+
+class _Waiter:
+    __slots__ = ("call_id", "error", "event", "value")
+
+    def __init__(self, call_id: int) -> None:
+        self.call_id = call_id
+        self.event = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self.event.set()
+
+
+def _timeout_ns(timeout_s: float | None) -> int | None:
+    return None if timeout_s is None else max(0, int(timeout_s * 1e9))
+
+
+class ProdWorkerContext:
+    """The ``WorkerContext`` of a driver or worker process (see the module docstring)."""
+
+    def __init__(self, runtime: CoreWorkerRuntime, *, job_id: str) -> None:
+        self._runtime = runtime
+        self.address = runtime.address
+        self.node_id = NodeId(runtime.address.node)
+        self.job_id = job_id
+        self.current_task: TaskSpec | None = None
+        self.current_actor_id: ActorId | None = None
+        who = runtime.address.worker or runtime.address.component
+        self._prefix = f"{runtime.address.node}.{who}.{os.getpid():x}{secrets.token_hex(2)}"
+        self._task_ids = itertools.count(1)
+        self._object_ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._refs: deque[tuple[ObjectRefInfo, int]] = deque()
+        self._waiters: dict[int, _Waiter] = {}
+        self._lost = ""
+        self.task_thread: int | None = None  # a worker's task thread, for interrupts
+        self._blocked: _Waiter | None = None  # the waiter the task thread blocks on
+        self._interrupt: BaseException | None = None
+        runtime.periodic.append(self.flush_refs)
+
+    @property
+    def current_task_id(self) -> TaskId | None:
+        return self.current_task.task_id if self.current_task else None
+
+    # --- ids ---------------------------------------------------------------
+
+    def next_task_id(self) -> TaskId:
+        return TaskId(f"{self._prefix}.t{next(self._task_ids)}")
+
+    def next_object_id(self) -> ObjectId:
+        return ObjectId(f"{self._prefix}.p{next(self._object_ids)}")
+
+    # --- inputs to the kernel ---------------------------------------------------
+
+    def _post(self, event: Msg | None) -> None:
+        with self._lock:
+            events = self._take_refs()
+            if event is not None:
+                events.append(event)
+            if events and not self._runtime.post(events) and event is not None:
+                raise RaySystemError(self._lost or "the core worker's loop is not running")
+
+    def _take_refs(self) -> list[Msg]:
+        refs = self._refs
+        if not refs:
+            return []
+        deltas: dict[ObjectRefInfo, int] = {}
+        while refs:
+            info, delta = refs.popleft()
+            deltas[info] = deltas.get(info, 0) + delta
+        changed = tuple((info, delta) for info, delta in deltas.items() if delta)
+        return [RefsChanged(deltas=changed)] if changed else []
+
+    def post_input(self, event: Msg) -> None:
+        """Hands one host input (a ``TaskExecuted``...) to the kernel, after the ref changes."""
+        self._post(event)
+
+    def flush_refs(self) -> None:
+        """Hands the recorded ref changes to the kernel (any thread)."""
+        if self._refs:
+            self._post(None)
+
+    def submit_task(self, spec: TaskSpec, function: bytes) -> None:
+        self._check_alive()
+        self._post(TaskSubmitted(spec=spec, function=function))
+
+    def put_object(self, object_id: ObjectId, payload: Payload) -> None:
+        # TODO(#5): values over INLINE_BYTES_MAX go into the node's shared-memory store.
+        self._check_alive()
+        self._post(ObjectPut(object_id=object_id, value=payload))
+
+    def cancel_task(self, ref: ObjectRefInfo, force: bool, recursive: bool) -> None:
+        self._check_alive()
+        self._post(CancelRequested(object_id=ref.object_id, force=force))
+
+    def ref_added(self, ref: ObjectRefInfo) -> None:
+        self._refs.append((ref, 1))
+
+    def ref_removed(self, ref: ObjectRefInfo) -> None:
+        self._refs.append((ref, -1))
+
+    # --- blocking calls ------------------------------------------------------------
+
+    def get_objects(self, refs: list[ObjectRefInfo], timeout_s: float | None) -> list[ObjectResult]:
+        waiter = self._new_waiter()
+        self._post(GetRequested(call_id=waiter.call_id, refs=tuple(refs),
+                                timeout_ns=_timeout_ns(timeout_s)))
+        return list(self._block(waiter))
+
+    def wait_objects(self, refs: list[ObjectRefInfo], num_returns: int,
+                     timeout_s: float | None, fetch_local: bool) -> list[ObjectId]:
+        waiter = self._new_waiter()
+        self._post(WaitRequested(call_id=waiter.call_id, refs=tuple(refs),
+                                 num_returns=num_returns, timeout_ns=_timeout_ns(timeout_s),
+                                 fetch_local=fetch_local))
+        return list(self._block(waiter))
+
+    def kv_call(self, request: KvRequest) -> Any:
+        """One internal-KV request through this process's GCS client; blocks."""
+        waiter = self._new_waiter()
+        self._post(KvCallRequested(call_id=waiter.call_id, request=request))
+        return self._block(waiter)
+
+    def _new_waiter(self) -> _Waiter:
+        self._check_alive()
+        waiter = _Waiter(next(self._call_ids))
+        with self._lock:
+            self._waiters[waiter.call_id] = waiter
+        return waiter
+
+    def _block(self, waiter: _Waiter) -> Any:
+        on_task_thread = threading.get_ident() == self.task_thread
+        try:
+            if on_task_thread:
+                with self._lock:
+                    self._blocked = waiter
+                    if self._interrupt is not None:
+                        waiter.resolve(error=self._interrupt)
+            waiter.event.wait()
+        finally:
+            with self._lock:
+                self._waiters.pop(waiter.call_id, None)
+                if on_task_thread:
+                    self._blocked = None
+        if waiter.error is not None:
+            if waiter.error is self._interrupt:
+                self._interrupt = None
+            raise waiter.error
+        return waiter.value
+
+    def complete(self, effect: Msg) -> None:
+        """A call finished in the kernel: wake its thread. Trio thread."""
+        with self._lock:
+            waiter = self._waiters.pop(getattr(effect, "call_id", -1), None)
+        if waiter is None:
+            return
+        match effect:
+            case GetCompleted():
+                waiter.resolve(effect.results)
+            case WaitCompleted():
+                waiter.resolve(effect.ready)
+            case CallCompleted() if effect.error:
+                waiter.resolve(error=ValueError(effect.error))
+            case CallCompleted():
+                waiter.resolve(effect.value)
+
+    def interrupt(self, error: BaseException) -> None:
+        """Raises ``error`` in the task thread at its current or next blocking call."""
+        with self._lock:
+            self._interrupt = error
+            if self._blocked is not None:
+                self._blocked.resolve(error=error)
+
+    def clear_interrupt(self) -> None:
+        with self._lock:
+            self._interrupt = None
+
+    def lost(self, reason: str) -> None:
+        """The daemon is gone: every blocked and later call fails with ``reason``."""
+        with self._lock:
+            self._lost = reason
+            waiters, self._waiters = list(self._waiters.values()), {}
+        for waiter in waiters:
+            waiter.resolve(error=RaySystemError(f"lost the cluster: {reason}"))
+
+    def _check_alive(self) -> None:
+        if self._lost:
+            raise RaySystemError(f"lost the cluster: {self._lost}; call shoal.shutdown() and "
+                                 "shoal.init() again")
+
+    # --- cluster information -------------------------------------------------------
+
+    def _node_rows(self) -> list[Any]:
+        def read() -> list[Any]:
+            kernel = self._runtime.kernel
+            return list(kernel.gcs_client.nodes) if kernel is not None else []
+        self._check_alive()
+        return self._runtime.run_in_loop(read)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"NodeID": n.node_id, "Alive": n.state == "alive",
+                 "Resources": dict(n.resources), "Incarnation": n.incarnation,
+                 "NodeManagerAddress": n.endpoint.rsplit(":", 1)[0] if n.endpoint else "",
+                 "DeathCause": n.death_cause} for n in self._node_rows()]
+
+    def cluster_resources(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for node in self._node_rows():
+            if node.state == "alive":
+                for name, amount in node.resources.items():
+                    total[name] = total.get(name, 0.0) + amount
+        return total
+
+    def available_resources(self) -> dict[str, float]:
+        return self.cluster_resources()  # TODO(#3): from the GCS's resource view

@@ -1,0 +1,339 @@
+"""The production driver loop: the kernels of one process, fed by one trio task.
+
+Theory of operation
+-------------------
+A ``KernelLoop`` hosts the kernels of one process (the GCS and the raylet in a
+node daemon; one core worker in a driver or a worker) under their addresses.
+One trio task (``run``) does everything, in rounds:
+
+1. take the inputs other threads posted (``post_from_thread``: user threads
+   hand in batches; at most one wakeup of trio per round, however many posts);
+2. turn every timer that is due into a ``TimerFired`` input;
+3. drain the inbox: for each ``(address, input)``, stamp ``now`` from
+   ``time.monotonic_ns()``, call ``kernel.handle`` and carry out its effects in
+   order, with one exhaustive ``match``: ``Send`` goes to the process's router
+   (which may post straight back into this inbox, for a kernel of the same
+   process), ``SetTimer`` replaces the pending timer of that key,
+   ``CancelTimer`` forgets it, ``StorePut``/``StoreDelete`` go to the kernel's
+   durable store, and every other effect goes to the process's host handler
+   (``StartWorker``, ``ExecuteTask``, ``GetCompleted``...);
+4. sleep until something is posted or the next timer is due.
+
+Timers are keyed like the simulator's: ``(address, key)``; a heap holds
+``(at_ns, seq, address, key)`` and a table the live ``seq`` of each key, so a
+replaced or cancelled timer's heap entry is skipped when it comes up.
+
+A kernel that raises has a bug: the loop logs it with the input and re-raises,
+which ends the process (its peers retransmit to its successor). Drivers make no
+decisions: every ``if`` about domain state lives in a kernel.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+import trio
+from shoal.kernel.messages import (
+    Address,
+    CancelTimer,
+    Msg,
+    Send,
+    SetTimer,
+    StoreDelete,
+    StorePut,
+    TimerFired,
+)
+
+ROUND_INPUTS_MAX = 4_096  # inputs handled before the loop lets other trio tasks run
+
+Router = Callable[[Address, Address, Msg], None]
+HostEffectHandler = Callable[[Address, Msg], None]
+
+
+class Kernel(Protocol):
+    def handle(self, event: Any, *, now: int) -> list[Msg]: ...
+
+
+class DurableStore(Protocol):
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+    def delete(self, table: str, key: bytes) -> None: ...
+
+
+class UnhandledEffect(Exception):
+    """A kernel asked for an effect this host cannot carry out (a bug in the host)."""
+
+
+def _no_host_effects(address: Address, effect: Msg) -> None:
+    raise UnhandledEffect(f"{address}: no host handler for {type(effect).__name__} effects")
+
+
+@dataclass(slots=True, eq=False)
+class _Hosted:
+    address: Address
+    kernel: Kernel
+    on_effect: HostEffectHandler
+    store: DurableStore | None
+
+
+class TimerWheel:
+    """Pending timers of one process, keyed by ``(address, key)``."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Address, str]] = []
+        self._live: dict[tuple[Address, str], int] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def set(self, owner: Address, key: str, at_ns: int) -> None:
+        """Arms (or re-arms) the timer ``key`` of ``owner``."""
+        self._seq += 1
+        self._live[(owner, key)] = self._seq
+        heapq.heappush(self._heap, (at_ns, self._seq, owner, key))
+
+    def cancel(self, owner: Address, key: str) -> None:
+        self._live.pop((owner, key), None)
+
+    def forget_owner(self, owner: Address) -> None:
+        for slot in [slot for slot in self._live if slot[0] == owner]:
+            del self._live[slot]
+
+    def next_deadline_ns(self) -> int | None:
+        heap = self._heap
+        while heap and self._live.get((heap[0][2], heap[0][3])) != heap[0][1]:
+            heapq.heappop(heap)  # replaced or cancelled
+        return heap[0][0] if heap else None
+
+    def pop_due(self, now_ns: int) -> list[tuple[Address, str]]:
+        """The timers due at ``now_ns``, in deadline order (then arming order)."""
+        due: list[tuple[Address, str]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_ns:
+            _, seq, owner, key = heapq.heappop(heap)
+            if self._live.get((owner, key)) == seq:
+                del self._live[(owner, key)]
+                due.append((owner, key))
+        return due
+
+
+@dataclass(slots=True, eq=False)
+class _External:
+    """Inputs posted by other threads, waiting for the next round."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    items: list[tuple[Address, Msg]] = field(default_factory=list)
+    wakeup_sent: bool = False
+    finished: bool = False  # the loop has stopped: later posts are refused
+
+
+class KernelLoop:
+    """Hosts the kernels of one process on the current trio run (see the module docstring)."""
+
+    def __init__(self, route: Router, *, clock: Callable[[], int] = time.monotonic_ns,
+                 log: Any = None) -> None:
+        self._route = route
+        self._clock = clock
+        self._kernels: dict[Address, _Hosted] = {}
+        self._inbox: deque[tuple[Address, Msg]] = deque()
+        self._external = _External()
+        self._timers = TimerWheel()
+        self._wakeup = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.after_round: list[Callable[[], None]] = []
+        self.steps = 0
+        self._log = log or structlog.get_logger("shoal.runtime.kernel_host")
+        self._trace = _debug_enabled(self._log)
+
+    @property
+    def timers(self) -> TimerWheel:
+        return self._timers
+
+    def add_kernel(self, address: Address, kernel: Kernel, *,
+                   on_effect: HostEffectHandler = _no_host_effects,
+                   store: DurableStore | None = None) -> None:
+        """Hosts ``kernel`` at ``address`` (post it ``Started()`` to start it)."""
+        self._kernels[address] = _Hosted(address, kernel, on_effect, store)
+
+    def remove_kernel(self, address: Address) -> None:
+        """Stops hosting a kernel: its timers and queued inputs are dropped."""
+        self._kernels.pop(address, None)
+        self._timers.forget_owner(address)
+
+    def kernel(self, address: Address) -> Kernel | None:
+        hosted = self._kernels.get(address)
+        return hosted.kernel if hosted is not None else None
+
+    @property
+    def idle(self) -> bool:
+        """No input is waiting (from this thread or another)."""
+        return not self._inbox and not self._external.items
+
+    def hosts(self, address: Address) -> bool:
+        return address in self._kernels
+
+    # --- inputs ------------------------------------------------------------
+
+    def post(self, address: Address, event: Msg) -> None:
+        """Queues one input for a kernel of this process. Trio thread only."""
+        self._inbox.append((address, event))
+        self._wakeup.set()
+
+    def post_from_thread(self, items: list[tuple[Address, Msg]]) -> bool:
+        """Queues inputs from any other thread; one trio wakeup per round at most.
+
+        Returns:
+            False if the loop has finished and the inputs were dropped.
+        """
+        ext = self._external
+        with ext.lock:
+            if ext.finished:
+                return False
+            ext.items.extend(items)
+            if ext.wakeup_sent or self._token is None:
+                return True  # a wakeup is on its way, or the first round will take them
+            ext.wakeup_sent = True
+            token = self._token
+        try:
+            token.run_sync_soon(self._wake)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    # --- the loop --------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs rounds until cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        task_status.started()
+        try:
+            await self._rounds()
+        finally:
+            with self._external.lock:
+                self._external.finished = True
+
+    async def _rounds(self) -> None:
+        while True:
+            self._take_external()
+            for owner, key in self._timers.pop_due(self._clock()):
+                self._inbox.append((owner, TimerFired(key=key)))
+            if self._inbox:
+                self._drain()
+                for hook in self.after_round:
+                    hook()
+                await trio.lowlevel.checkpoint()
+                continue
+            deadline_ns = self._timers.next_deadline_ns()
+            if deadline_ns is None:
+                await self._wakeup.wait()
+            else:
+                delay_s = max(0.0, (deadline_ns - self._clock()) / 1e9)
+                with trio.move_on_after(delay_s):
+                    await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    def _take_external(self) -> None:
+        ext = self._external
+        with ext.lock:
+            items, ext.items = ext.items, []
+            ext.wakeup_sent = False
+        self._inbox.extend(items)
+
+    def _drain(self) -> None:
+        inbox = self._inbox
+        for _ in range(ROUND_INPUTS_MAX):
+            if not inbox:
+                return
+            address, event = inbox.popleft()
+            hosted = self._kernels.get(address)
+            if hosted is None:
+                continue  # the kernel stopped (or never was): nobody lives there
+            self.step(hosted, event)
+
+    def step(self, hosted: _Hosted, event: Msg) -> None:
+        now = self._clock()
+        try:
+            effects = hosted.kernel.handle(event, now=now)
+        except Exception:
+            self._log.exception("kernel.crashed", address=str(hosted.address), stimulus=event)
+            raise
+        self.steps += 1
+        if self._trace:
+            self._log.debug("kernel.step", address=str(hosted.address), stimulus=event,
+                            effects=effects)
+        self._carry_out(hosted, effects)
+
+    def _carry_out(self, hosted: _Hosted, effects: list[Msg]) -> None:
+        me = hosted.address
+        for effect in effects:
+            match effect:
+                case Send():
+                    self._route(me, effect.dst, effect.msg)
+                case SetTimer():
+                    self._timers.set(me, effect.key, effect.at_ns)
+                case CancelTimer():
+                    self._timers.cancel(me, effect.key)
+                case StorePut():
+                    self._store(hosted).put(effect.table, effect.key, effect.value)
+                case StoreDelete():
+                    self._store(hosted).delete(effect.table, effect.key)
+                case _:
+                    hosted.on_effect(me, effect)
+
+    @staticmethod
+    def _store(hosted: _Hosted) -> DurableStore:
+        if hosted.store is None:
+            raise UnhandledEffect(f"{hosted.address}: has no durable store")
+        return hosted.store
+
+
+def _debug_enabled(log: Any) -> bool:
+    try:
+        return bool(log.is_enabled_for(logging.DEBUG))
+    except AttributeError:
+        return False
+
+
+def _level(level: str) -> int:
+    number = logging.getLevelName(level.upper())
+    return number if isinstance(number, int) else logging.WARNING
+
+
+def _processors() -> list[Any]:
+    return [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+        structlog.processors.format_exc_info,
+        structlog.dev.ConsoleRenderer(colors=False),
+    ]
+
+
+def configure_logging(*, level: str = "WARNING", stream: Any = None) -> None:
+    """Sets up structlog for a whole host process (daemon, worker): lines filtered by ``level``."""
+    structlog.configure(
+        processors=_processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(_level(level)),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def private_logger(name: str, *, level: str = "WARNING", stream: Any = None) -> Any:
+    """A structlog logger that leaves the global configuration alone (for the driver,
+    which is the user's process and may configure structlog itself)."""
+    return structlog.wrap_logger(
+        structlog.PrintLogger(stream or sys.stderr), processors=_processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(_level(level)),
+    ).bind(logger=name)

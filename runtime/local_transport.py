@@ -1,0 +1,417 @@
+"""The transport between a node daemon and the driver and worker processes of its node.
+
+Theory of operation
+-------------------
+The daemon listens on a Unix-domain socket in the session directory (mode
+0600, in a 0700 directory). Each driver or worker process opens ONE connection
+to it and sends every envelope it has over it, whatever the destination; the
+daemon routes (``runtime/node.py``).
+
+Frames. A frame is a 4-byte big-endian length and that many bytes of msgpack.
+The first frame from the connecting side is a ``Hello`` (protocol version,
+cluster token, the process's ``Address``, its pid); the daemon answers with one
+``HelloReply`` (accepted or not, and why; on acceptance the node id and the
+addresses of the node's raylet and of the cluster's GCS). Every later frame is
+a batch: a msgpack array of ``kernel.wire.Envelope``.
+
+Authentication. The token is compared with ``hmac.compare_digest``; the peer's
+uid (``SO_PEERCRED``) must be ours; the claimed address must be a driver or a
+worker of this node. A peer that fails, or sends no hello within
+``hello_timeout_s``, is logged and disconnected; the daemon keeps serving.
+
+Bad frames. A frame longer than ``frame_bytes_max`` desynchronizes nothing we
+could trust, so the connection is closed. A batch that is not msgpack is
+dropped whole; inside a well-formed batch an envelope that fails validation
+(unknown message type, wrong field types) is dropped alone. An envelope whose
+``src`` is not the connection's authenticated address is dropped. Every drop is
+logged with the peer and the reason; nothing a peer sends raises in the daemon.
+
+Sending. ``Connection.send`` never blocks: it appends to an outbox, and the
+connection's writer task takes the whole outbox once per wakeup and writes it
+as one frame, so batches grow with load. An outbox holds at most
+``pending_max`` envelopes (the oldest are dropped beyond; the kernels
+retransmit what matters).
+
+Wire form. Batches are ``kernel/wire.py`` envelopes, encoded and decoded by
+the same codec as the gRPC transport's frames (``transports/grpc_codec.py``):
+one union of message types for every transport, so a message that crosses a
+socket here can cross the network too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+from shoal.kernel.messages import Address
+from shoal.kernel.wire import Envelope
+from shoal.transports.grpc_codec import decode_frame, encode_frames
+
+PROTOCOL_VERSION = 1
+_HEADER = struct.Struct(">I")
+
+
+class Hello(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    token: str
+    address: Address
+    pid: int
+
+
+class HelloReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    reason: str = ""
+    node_id: str = ""
+    raylet: Address | None = None
+    gcs: Address | None = None
+    session_dir: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalLimits:
+    frame_bytes_max: int = 2**31 - 1  # values travel inline for now (issue #5)
+    pending_max: int = 262_144  # envelopes queued per connection; the oldest dropped beyond
+    hello_timeout_s: float = 5.0
+    connections_max: int = 4_096
+
+
+class FrameError(Exception):
+    """A peer broke the framing (an oversized length); the connection must close."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_hello_decoder = msgspec.msgpack.Decoder(Hello)
+_reply_decoder = msgspec.msgpack.Decoder(HelloReply)
+
+
+class FramedStream:
+    """Length-prefixed frames over a trio stream."""
+
+    def __init__(self, stream: trio.SocketStream, frame_bytes_max: int) -> None:
+        self.stream = stream
+        self._max = frame_bytes_max
+        self._buffer = bytearray()
+
+    async def receive(self) -> bytes | None:
+        """The next frame, or None at a clean end of stream.
+
+        Raises:
+            FrameError: the length is over the limit, or the stream ended mid-frame.
+        """
+        if not await self._fill(_HEADER.size):
+            if self._buffer:
+                raise FrameError("the stream ended in the middle of a frame header")
+            return None
+        (length,) = _HEADER.unpack_from(self._buffer)
+        if length > self._max:
+            raise FrameError(f"frame of {length} bytes is over the limit of {self._max}")
+        end = _HEADER.size + length
+        if not await self._fill(end):
+            raise FrameError("the stream ended in the middle of a frame")
+        frame = bytes(memoryview(self._buffer)[_HEADER.size:end])
+        del self._buffer[:end]
+        return frame
+
+    async def _fill(self, size: int) -> bool:
+        while len(self._buffer) < size:
+            wanted = min(max(65_536, size - len(self._buffer)), 16 * 2**20)
+            chunk = await self.stream.receive_some(wanted)
+            if not chunk:
+                return False
+            self._buffer += chunk
+        return True
+
+    async def send(self, payload: bytes) -> None:
+        header = _HEADER.pack(len(payload))
+        if len(payload) < 65_536:
+            await self.stream.send_all(header + payload)
+        else:
+            await self.stream.send_all(header)
+            await self.stream.send_all(payload)
+
+
+BatchHandler = Callable[["Connection", list[Envelope]], None]
+
+
+class Connection:
+    """One authenticated peer: an outbox drained by a writer task, a reader task."""
+
+    def __init__(self, framed: FramedStream, peer: Address, limits: LocalLimits,
+                 log: Any) -> None:
+        self.framed = framed
+        self.peer = peer
+        self.pid = 0
+        self._limits = limits
+        self._log = log
+        self._outbox: list[Envelope] = []
+        self._wakeup = trio.Event()
+        self._writing = False
+        self.closed = False
+        self.dropped = 0
+
+    def send(self, envelope: Envelope) -> bool:
+        """Queues one envelope; never blocks. False if the connection is closed."""
+        if self.closed:
+            return False
+        self._outbox.append(envelope)
+        if len(self._outbox) > self._limits.pending_max:
+            del self._outbox[0]
+            self.dropped += 1
+        self._wakeup.set()
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written."""
+        return not self._outbox and not self._writing
+
+    async def run_writer(self) -> None:
+        """Writes the outbox, one frame per wakeup, until closed or the peer goes away."""
+        try:
+            while not self.closed:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                batch, self._outbox = self._outbox, []
+                self._writing = True
+                for frame in self._frames(batch):
+                    await self.framed.send(frame)
+                self._writing = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.closed = True
+
+    def _frames(self, batch: list[Envelope]) -> list[bytes]:
+        """The batch as frames within ``frame_bytes_max``; an envelope too large alone is
+        dropped (and logged): the peer would have to close the connection on it."""
+        frames, dropped = encode_frames(batch, self._limits.frame_bytes_max)
+        if dropped:
+            self.dropped += dropped
+            self._log.error("local.envelope_dropped", peer=str(self.peer), count=dropped,
+                            reason="cannot encode, or larger than frame_bytes_max alone",
+                            frame_bytes_max=self._limits.frame_bytes_max)
+        return frames
+
+    async def run_reader(self, on_batch: BatchHandler, check_src: bool) -> str:
+        """Reads batches until the peer closes; drops (and logs) what is bad.
+
+        Returns:
+            Why the connection ended.
+        """
+        try:
+            while (frame := await self.framed.receive()) is not None:
+                self._deliver(frame, on_batch, check_src)
+        except FrameError as exc:
+            self._log.warning("local.frame_rejected", peer=str(self.peer), reason=str(exc))
+            return f"bad framing: {exc}"
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            return f"connection broke: {exc!r}"
+        return "peer closed the connection"
+
+    def _deliver(self, frame: bytes, on_batch: BatchHandler, check_src: bool) -> None:
+        envelopes, problems = decode_frame(frame)
+        if check_src:
+            spoofed = [e for e in envelopes if e.src != self.peer]
+            if spoofed:
+                problems.append(f"{len(spoofed)} envelope(s) with a src other than the peer")
+                envelopes = [e for e in envelopes if e.src == self.peer]
+        if problems:
+            self._log.warning("local.frame_dropped" if not envelopes else
+                              "local.envelopes_dropped", peer=str(self.peer),
+                              reasons=problems[:5], count=len(problems), frame_bytes=len(frame))
+        if envelopes:
+            on_batch(self, envelopes)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+        with trio.CancelScope(shield=True):
+            await self.framed.stream.aclose()
+
+
+def _peer_uid(stream: trio.SocketStream) -> int | None:
+    try:
+        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                       struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+class LocalServer:
+    """The daemon's side: accepts, authenticates and serves local processes."""
+
+    def __init__(self, *, path: str, token: str, welcome: HelloReply, on_batch: BatchHandler,
+                 on_connect: Callable[[Connection], None],
+                 on_disconnect: Callable[[Connection], None],
+                 limits: LocalLimits | None = None) -> None:
+        self.path = path
+        self._token = token.encode()
+        self._welcome = welcome
+        self._on_batch = on_batch
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._limits = limits or LocalLimits()
+        self.connections: dict[Address, Connection] = {}
+        self.rejected = 0
+        self._open = 0
+        self._log = structlog.get_logger("shoal.runtime.local").bind(socket=path)
+
+    def send(self, envelope: Envelope) -> bool:
+        conn = self.connections.get(envelope.dst)
+        return conn is not None and conn.send(envelope)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listens on ``path`` until cancelled; removes the socket file at the end."""
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            await sock.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(512)
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._serve_one, stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, self._limits.frame_bytes_max)
+        try:
+            conn = await self._handshake(framed)
+            if conn is not None:
+                await self._run(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, FrameError, OSError) as exc:
+            self._reject(f"handshake failed: {exc}")
+        except Exception:  # noqa: BLE001  # one bad peer must never take the daemon down
+            self._log.exception("local.peer_failed")
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _run(self, conn: Connection) -> None:
+        previous = self.connections.get(conn.peer)
+        self.connections[conn.peer] = conn
+        self._open += 1
+        if previous is not None:
+            self._log.warning("local.replaced", peer=str(conn.peer))
+            await previous.aclose()
+        self._log.info("local.accepted", peer=str(conn.peer), pid=conn.pid)
+        self._on_connect(conn)
+        reason = "closed"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run_writer)
+                reason = await conn.run_reader(self._on_batch, check_src=True)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._open -= 1
+            await conn.aclose()
+            if self.connections.get(conn.peer) is conn:
+                del self.connections[conn.peer]
+                self._on_disconnect(conn)
+            self._log.info("local.closed", peer=str(conn.peer), reason=reason)
+
+    async def _handshake(self, framed: FramedStream) -> Connection | None:
+        """Authenticates a new peer; None (after logging why) if it is refused."""
+        problem = ""
+        if self._open >= self._limits.connections_max:
+            problem = "too many connections"
+        elif (uid := _peer_uid(framed.stream)) is not None and uid != os.getuid():
+            problem = f"peer uid {uid} is not this daemon's"
+        hello: Hello | None = None
+        if not problem:
+            problem, hello = await self._receive_hello(framed)
+        if hello is None or problem:
+            await self._refuse(framed, problem)
+            return None
+        await framed.send(_encoder.encode(self._welcome))
+        conn = Connection(framed, hello.address, self._limits, self._log)
+        conn.pid = hello.pid
+        return conn
+
+    async def _receive_hello(self, framed: FramedStream) -> tuple[str, Hello | None]:
+        with trio.move_on_after(self._limits.hello_timeout_s):
+            frame = await framed.receive()
+            if frame is None:
+                return "peer closed before saying hello", None
+            try:
+                hello = _hello_decoder.decode(frame)
+            except msgspec.DecodeError as exc:
+                return f"malformed hello: {exc}", None
+            return self._check(hello), hello
+        return f"no hello within {self._limits.hello_timeout_s}s", None
+
+    def _check(self, hello: Hello) -> str:
+        if not hmac.compare_digest(hello.token.encode(), self._token):
+            return "wrong cluster token" if hello.token else "missing cluster token"
+        if hello.version != PROTOCOL_VERSION:
+            return f"protocol version {hello.version}; this daemon speaks {PROTOCOL_VERSION}"
+        if hello.address.node != self._welcome.node_id:
+            return f"address {hello.address} is not on node {self._welcome.node_id}"
+        if hello.address.component not in ("worker", "driver"):
+            return f"only drivers and workers connect here, not a {hello.address.component}"
+        return ""
+
+    async def _refuse(self, framed: FramedStream, reason: str) -> None:
+        """Logs the refusal and tells the peer why (best effort), before the caller closes."""
+        self._reject(reason)
+        with trio.move_on_after(1.0):
+            try:
+                await framed.send(_encoder.encode(HelloReply(ok=False, reason=reason)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self._log.warning("local.rejected", reason=reason)
+
+
+class HandshakeError(ConnectionError):
+    """The daemon refused this process (wrong token, wrong node...)."""
+
+
+async def connect_local(path: str, *, token: str, address: Address,
+                        limits: LocalLimits | None = None, timeout_s: float = 10.0,
+                        log: Any = None) -> tuple[Connection, HelloReply]:
+    """Opens this process's connection to its node daemon.
+
+    Raises:
+        HandshakeError: the daemon refused, or did not answer in time.
+        OSError: the socket cannot be reached.
+    """
+    limits = limits or LocalLimits()
+    log = log or structlog.get_logger("shoal.runtime.local").bind(socket=path)
+    stream = await trio.open_unix_socket(path)
+    framed = FramedStream(stream, limits.frame_bytes_max)
+    hello = Hello(version=PROTOCOL_VERSION, token=token, address=address, pid=os.getpid())
+    with trio.move_on_after(timeout_s):
+        await framed.send(_encoder.encode(hello))
+        frame = await framed.receive()
+        if frame is None:
+            await stream.aclose()
+            raise HandshakeError(f"the node daemon at {path} closed the connection at hello")
+        reply = _reply_decoder.decode(frame)
+        if not reply.ok:
+            await stream.aclose()
+            raise HandshakeError(f"the node daemon at {path} refused {address}: {reply.reason}")
+        return Connection(framed, address, limits, log), reply
+    await stream.aclose()
+    raise HandshakeError(f"the node daemon at {path} did not answer within {timeout_s}s")

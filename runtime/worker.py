@@ -1,0 +1,168 @@
+"""A worker process: ``python -m shoal.runtime.worker ...``, started by its node daemon.
+
+Theory of operation
+-------------------
+Two threads. The background thread runs the worker's ``CoreWorker`` on trio
+(``runtime/driver.py``'s ``CoreWorkerRuntime``), connected to the daemon's
+socket. The MAIN thread runs user code, never the trio thread: it takes
+``ExecuteTask`` effects from a queue, one at a time, runs them through the
+API layer's ``executor.execute`` and hands the ``TaskExecuted`` back to the
+kernel (one crossing into trio per task, batched with any ref changes).
+
+``InterruptTask`` raises ``TaskCancelledError`` in the running task at its
+current or next blocking call (``get``/``wait``); with ``force`` the process
+exits at once, and its raylet reports it dead to the task's owner.
+
+The worker dies with its daemon: ``PR_SET_PDEATHSIG`` (SIGKILL) and, should
+that not fire, the end of its socket connection (``os._exit``).
+
+User modules: the driver's ``sys.path`` comes in ``SHOAL_DRIVER_SYS_PATH``
+(JSON) and goes first, in the driver's order, so that functions pickled by
+reference (defined in the driver's modules) load here as they did there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+
+import structlog
+from shoal.kernel.core_worker.protocol import (
+    ExecuteTask,
+    GetCompleted,
+    InterruptTask,
+    ObjectError,
+    ObjectResult,
+    TaskExecuted,
+    WaitCompleted,
+)
+from shoal.kernel.gcs_client import CallCompleted
+from shoal.kernel.ids import NodeId
+from shoal.kernel.messages import Address, Msg
+from shoal.kernel.task_spec import Payload
+from shoal.runtime.api.context import set_global_context
+from shoal.runtime.api.exceptions import TaskCancelledError
+from shoal.runtime.api.executor import execute
+from shoal.runtime.driver import CoreWorkerRuntime, ProdWorkerContext
+from shoal.runtime.kernel_host import UnhandledEffect, configure_logging
+from shoal.runtime.processes import set_parent_death_signal
+
+DRIVER_SYS_PATH_ENV = "SHOAL_DRIVER_SYS_PATH"
+
+
+class WorkerHost:
+    """The host of one worker process (see the module docstring)."""
+
+    def __init__(self, *, socket_path: str, token: str, address: Address) -> None:
+        self.address = address
+        self._tasks: queue.SimpleQueue[ExecuteTask | None] = queue.SimpleQueue()
+        self._log = structlog.get_logger("shoal.runtime.worker").bind(address=str(address))
+        self.runtime = CoreWorkerRuntime(socket_path=socket_path, token=token, address=address,
+                                         on_effect=self._on_effect, on_lost=self._on_lost)
+        self.ctx = ProdWorkerContext(self.runtime, job_id="")
+
+    def run(self) -> int:
+        """Connects, then runs tasks on the calling (main) thread until told to stop."""
+        self.runtime.start()
+        set_global_context(self.ctx)
+        self.ctx.task_thread = threading.get_ident()
+        while (item := self._tasks.get()) is not None:
+            self._execute(item)
+        self.runtime.stop()
+        return 0
+
+    def _execute(self, item: ExecuteTask) -> None:
+        ctx = self.ctx
+        ctx.current_task = item.spec
+        ctx.job_id = item.spec.job_id
+        try:
+            args = _inline_args(item)
+            if args is None:
+                executed = _unreadable(item)
+            else:
+                executed = execute(item.spec, args, item.function, ctx)
+        finally:
+            ctx.current_task = None
+            ctx.clear_interrupt()
+        ctx.post_input(executed)
+
+    # --- the trio thread -------------------------------------------------------
+
+    def _on_effect(self, effect: Msg) -> None:
+        match effect:
+            case ExecuteTask():
+                self._tasks.put(effect)
+            case InterruptTask(force=True):
+                self._log.warning("worker.force_cancelled", task=effect.task_id)
+                os._exit(1)
+            case InterruptTask():
+                current = self.ctx.current_task
+                if current is not None and current.task_id == effect.task_id:
+                    self.ctx.interrupt(TaskCancelledError(
+                        effect.task_id, f"task {effect.task_id} was cancelled while it ran"))
+            case GetCompleted() | WaitCompleted() | CallCompleted():
+                self.ctx.complete(effect)
+            case _:
+                raise UnhandledEffect(f"worker: no handler for {type(effect).__name__}")
+
+    def _on_lost(self, reason: str) -> None:
+        self._log.warning("worker.daemon_lost", reason=reason)
+        os._exit(1)  # a worker without its daemon has nothing left to do
+
+
+def _inline_args(item: ExecuteTask) -> tuple[Payload, ...] | None:
+    """The arguments, or None if one is in the node's object store (not read here yet)."""
+    # TODO(#5): read LocalObject arguments from the node's shared-memory store (zero copy).
+    # Today this host never stores a value (every value travels inline), so the kernels
+    # never hand it a LocalObject; one can only come from a host that does.
+    args = [arg for arg in item.args if isinstance(arg, Payload)]
+    return tuple(args) if len(args) == len(item.args) else None
+
+
+def _unreadable(item: ExecuteTask) -> TaskExecuted:
+    error = ObjectError(kind="object_lost", message=(
+        f"task {item.spec.name} ({item.spec.task_id}): an argument is in the node's object "
+        "store, which this worker cannot read yet (issue #5)"))
+    return TaskExecuted(task_id=item.spec.task_id, attempt=item.spec.attempt, results=tuple(
+        ObjectResult(object_id=oid, error=error) for oid in item.spec.return_ids))
+
+
+def _extend_sys_path() -> None:
+    """Puts the driver's ``sys.path`` first, in its order, so imports resolve as there."""
+    raw = os.environ.get(DRIVER_SYS_PATH_ENV, "")
+    if not raw:
+        return
+    try:
+        entries = [e for e in json.loads(raw) if isinstance(e, str) and e]
+    except (ValueError, TypeError):
+        return
+    first = list(dict.fromkeys(entries))
+    sys.path[:] = first + [p for p in sys.path if p not in first]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shoal.runtime.worker")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--session-dir", default="")
+    p.add_argument("--parent-pid", type=int, default=0)
+    args = p.parse_args(argv)
+    set_parent_death_signal(signal.SIGKILL, expected_parent=args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
+    configure_logging(level=os.environ.get("SHOAL_LOG_LEVEL", "WARNING"))
+    _extend_sys_path()
+    with open(args.token_file, encoding="ascii") as f:
+        token = f.read().strip()
+    address = Address(node=NodeId(args.node_id), component="worker", worker=args.worker_id)
+    return WorkerHost(socket_path=args.socket, token=token, address=address).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
