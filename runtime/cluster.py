@@ -24,9 +24,19 @@ removes the session directory and its ``/dev/shm`` files); after a grace period
 the whole process group is killed, and the session directory is removed here
 as well.
 
-``init(address=...)`` joins a cluster already running on this machine:
-``"auto"`` (the newest session under the temp directory), or a session
-directory path. The process then only disconnects at ``shutdown``.
+``init(address=...)`` joins a running cluster through the node daemon of this
+machine (a driver always talks to its own node's daemon, over its Unix socket):
+
+* ``"HOST:PORT"``: the head's address that ``shoal start --head`` printed; the
+  daemon is one that ``shoal start`` runs here for that cluster
+  (``runtime/daemons.py``). If none runs here, the error says to start one
+  with ``shoal start --address HOST:PORT --token T``.
+* ``"auto"``: the cluster ``shoal start`` recorded for this machine, else the
+  newest embedded cluster (one started by another process's ``init()``).
+* a session directory path.
+
+The process then only disconnects at ``shutdown``: the cluster keeps running.
+Sessions go under ``$SHOAL_TMPDIR`` (default ``/tmp``).
 
 The API layer (``runtime/api/api.py``) owns the checks common to every host
 (re-initialization, the simulator's no-op); this module registers itself as its
@@ -40,13 +50,11 @@ import glob
 import json
 import os
 import secrets
-import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +63,13 @@ from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg
 from shoal.runtime.api import api
 from shoal.runtime.api.context import WorkerContext
-from shoal.runtime.processes import python_command, remove_session
+from shoal.runtime.processes import (
+    base_dir,
+    kill_group,
+    python_command,
+    read_ready_line,
+    remove_session,
+)
 
 __all__ = ["init", "is_initialized", "shutdown"]
 
@@ -79,8 +93,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     """Connects this process to a cluster, starting an embedded one when ``address`` is None.
 
     Args:
-        address: None to start a local cluster; ``"auto"`` or a session
-            directory to join one running on this machine.
+        address: None to start a local cluster; ``"auto"``, the head's
+            ``"HOST:PORT"`` (of a cluster with a node daemon on this machine) or a
+            session directory to join one.
         num_cpus: CPUs of the local node (default: every CPU of the machine).
         num_gpus: GPUs of the local node (default: those the machine shows).
         resources: custom resources of the local node, e.g. ``{"disk": 2}``.
@@ -207,7 +222,7 @@ class LocalCluster:
     @classmethod
     def spawn(cls, options: _NodeResources, temp_dir: str | None = None) -> LocalCluster:
         """Starts the head daemon; ``wait_ready`` then waits until it serves."""
-        session_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=temp_dir or "/tmp")
+        session_dir = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=temp_dir or base_dir())
         os.makedirs(os.path.join(session_dir, "logs"))
         ready_r, ready_w = os.pipe()
         parent_r, parent_w = os.pipe()
@@ -232,7 +247,8 @@ class LocalCluster:
             RuntimeError: the daemon exited or did not become ready in time.
         """
         try:
-            self.info = _read_ready(self._ready_r, self.process, self.session_dir)
+            self.info = read_ready_line(self._ready_r, self.process, self.session_dir,
+                                        READY_TIMEOUT_S)
         except BaseException:
             self.stop()
             raise
@@ -246,9 +262,9 @@ class LocalCluster:
             try:
                 process.wait(grace_s)
             except subprocess.TimeoutExpired:
-                _kill_group(process.pid)
+                kill_group(process.pid)
                 process.wait()
-        _kill_group(process.pid)  # any worker the daemon could not reap
+        kill_group(process.pid)  # any worker the daemon could not reap
         if self._parent_w >= 0:
             os.close(self._parent_w)
             self._parent_w = -1
@@ -271,62 +287,37 @@ def _start_daemon(session_dir: str, options: _NodeResources, ready_w: int,
                                 pass_fds=(ready_w, parent_r), env=env, start_new_session=True)
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _read_ready(fd: int, process: subprocess.Popen[bytes], session_dir: str) -> dict[str, Any]:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    data = b""
-    try:
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"the shoal node daemon did not start within "
-                                   f"{READY_TIMEOUT_S}s{_log_tail(session_dir)}")
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if readable:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    time.sleep(0.05)  # let it finish dying, for its exit code and its log
-                    raise RuntimeError(f"the shoal node daemon exited at startup (code "
-                                       f"{process.poll()}){_log_tail(session_dir)}")
-                data += chunk
-    finally:
-        os.close(fd)
-    info: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
-    return info
-
-
-def _log_tail(session_dir: str, lines: int = 20) -> str:
-    try:
-        with open(os.path.join(session_dir, "logs", "node.log"), encoding="utf-8",
-                  errors="replace") as f:
-            tail = f.readlines()[-lines:]
-    except OSError:
-        return ""
-    return "; its log ends with:\n" + "".join(tail)
-
-
 # --- the driver -----------------------------------------------------------------------
 
 
 def _find_session(address: str, temp_dir: str | None) -> str:
-    if address != "auto":
+    """The session directory of the local node daemon a driver joining ``address`` uses."""
+    from shoal.runtime import daemons  # psutil, only when joining
+
+    if os.sep in address or os.path.isdir(address):
         if not os.path.isfile(os.path.join(address, SESSION_FILE)):
             raise ConnectionError(
                 f"shoal.init(address={address!r}): no running shoal session there; pass "
-                "'auto', or the session directory of a running cluster (HOST:PORT addresses "
-                "of remote clusters are not supported yet, issue #5)")
+                "'auto', the HOST:PORT that `shoal start --head` printed, or the session "
+                "directory of a running cluster")
         return address
-    pattern = os.path.join(temp_dir or "/tmp", f"{SESSION_PREFIX}*", SESSION_FILE)
-    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+    if address != "auto":
+        try:
+            node = daemons.node_for_driver(address)
+        except ValueError as exc:
+            raise ValueError(f"shoal.init(address={address!r}): the address must be 'auto', "
+                             f"HOST:PORT or a session directory: {exc}") from None
+        assert node is not None
+        return node.session_dir
+    node = daemons.node_for_driver("auto")  # a cluster `shoal start` runs here
+    if node is not None:
+        return node.session_dir
+    pattern = os.path.join(temp_dir or base_dir(), f"{SESSION_PREFIX}*", SESSION_FILE)
+    found = sorted(glob.glob(pattern), key=os.path.getmtime)  # embedded clusters
     if not found:
         raise ConnectionError("shoal.init(address='auto'): no running shoal cluster on this "
-                              "machine; call shoal.init() to start one")
+                              "machine; start one with `shoal start --head`, or call "
+                              "shoal.init() without an address to start one in this process")
     return os.path.dirname(found[-1])
 
 

@@ -28,6 +28,10 @@ threads (``runtime/api/context.py`` has the threading contract):
   kernel emits ``GetCompleted``/``WaitCompleted``/``CallCompleted`` for it.
   Timeouts are the kernel's (``timeout_ns``); the host never guesses.
 * ``nodes()`` and friends read the kernel's node view inside the trio thread.
+* Values above the inline limit go through ``objects`` (``runtime/process_objects.py``,
+  also the API's ``buffer_codec``): ``put_object`` seals them in the node's
+  shared-memory store before ``ObjectPut(stored=True)`` reaches the kernel, and
+  ``get_objects`` reads stored results from it zero-copy, in the calling thread.
 
 A worker's task thread can be interrupted (``InterruptTask``): the error is
 raised at its current or next blocking call, as in the simulator.
@@ -61,7 +65,7 @@ from shoal.kernel.gcs.protocol import KvRequest
 from shoal.kernel.gcs_client import CallCompleted, KvCallRequested
 from shoal.kernel.ids import ActorId, NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, Msg, Received, Started
-from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
+from shoal.kernel.task_spec import INLINE_BYTES_MAX, ObjectRefInfo, Payload, TaskSpec
 from shoal.kernel.wire import Envelope
 from shoal.runtime.api.exceptions import RaySystemError
 from shoal.runtime.kernel_host import KernelLoop
@@ -70,6 +74,7 @@ from shoal.runtime.local_transport import (
     HelloReply,
     connect_local,
 )
+from shoal.runtime.process_objects import ProcessObjects
 
 REFS_FLUSH_S = 0.05
 STOP_FLUSH_S = 0.2
@@ -120,6 +125,10 @@ class CoreWorkerRuntime:
                                   f"{self._error}") from self._error
         assert self.reply is not None
         return self.reply
+
+    @property
+    def token(self) -> str:
+        return self._token
 
     def post(self, events: list[Msg]) -> bool:
         """Hands inputs to the kernel from any thread; False once the loop is gone."""
@@ -275,11 +284,38 @@ class ProdWorkerContext:
         self.task_thread: int | None = None  # a worker's task thread, for interrupts
         self._blocked: _Waiter | None = None  # the waiter the task thread blocks on
         self._interrupt: BaseException | None = None
+        self._objects: ProcessObjects | None = None
         runtime.periodic.append(self.flush_refs)
+        runtime.periodic.append(self._flush_objects)
 
     @property
     def current_task_id(self) -> TaskId | None:
         return self.current_task.task_id if self.current_task else None
+
+    # --- the node's object store ---------------------------------------------------
+
+    @property
+    def objects(self) -> ProcessObjects:
+        """This process's side of the node's object store (once connected to the daemon)."""
+        objects = self._objects
+        if objects is None:
+            reply = self._runtime.reply
+            socket_path = reply.store_socket if reply is not None else ""
+            with self._lock:
+                if self._objects is None:
+                    self._objects = ProcessObjects(socket_path, self._runtime.token,
+                                                   self.node_id)
+                objects = self._objects
+        return objects
+
+    @property
+    def buffer_codec(self) -> ProcessObjects:
+        """The API's ``BufferCodec``: large buffers go straight into the node's store."""
+        return self.objects
+
+    def _flush_objects(self) -> None:
+        if self._objects is not None:
+            self._objects.flush()
 
     # --- ids ---------------------------------------------------------------
 
@@ -324,9 +360,12 @@ class ProdWorkerContext:
         self._post(TaskSubmitted(spec=spec, function=function))
 
     def put_object(self, object_id: ObjectId, payload: Payload) -> None:
-        # TODO(#5): values over INLINE_BYTES_MAX go into the node's shared-memory store.
         self._check_alive()
-        self._post(ObjectPut(object_id=object_id, value=payload))
+        if len(payload.data) <= INLINE_BYTES_MAX:
+            self._post(ObjectPut(object_id=object_id, value=payload))
+            return
+        stored, size = self.objects.store(object_id, payload)  # sealed before the kernel hears
+        self._post(ObjectPut(object_id=object_id, value=stored, stored=True, size=size))
 
     def cancel_task(self, ref: ObjectRefInfo, force: bool, recursive: bool) -> None:
         self._check_alive()
@@ -344,7 +383,8 @@ class ProdWorkerContext:
         waiter = self._new_waiter()
         self._post(GetRequested(call_id=waiter.call_id, refs=tuple(refs),
                                 timeout_ns=_timeout_ns(timeout_s)))
-        return list(self._block(waiter))
+        results: tuple[ObjectResult, ...] = self._block(waiter)
+        return [self.objects.read_result(result) for result in results]
 
     def wait_objects(self, refs: list[ObjectRefInfo], num_returns: int,
                      timeout_s: float | None, fetch_local: bool) -> list[ObjectId]:
@@ -419,8 +459,11 @@ class ProdWorkerContext:
         with self._lock:
             self._lost = reason
             waiters, self._waiters = list(self._waiters.values()), {}
+            objects = self._objects
         for waiter in waiters:
             waiter.resolve(error=RaySystemError(f"lost the cluster: {reason}"))
+        if objects is not None:
+            objects.close()
 
     def _check_alive(self) -> None:
         if self._lost:

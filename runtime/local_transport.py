@@ -12,7 +12,10 @@ The first frame from the connecting side is a ``Hello`` (protocol version,
 cluster token, the process's ``Address``, its pid); the daemon answers with one
 ``HelloReply`` (accepted or not, and why; on acceptance the node id and the
 addresses of the node's raylet and of the cluster's GCS). Every later frame is
-a batch: a msgpack array of ``kernel.wire.Envelope``.
+a batch: a msgpack array of ``kernel.wire.Envelope``. A ``Hello`` with
+``purpose="status"`` (``shoal status``) gets, after the reply, one frame of
+JSON from the server's ``on_status`` (``runtime/node_status.py``), and the
+connection closes: such a peer is never registered as a driver.
 
 Authentication. The token is compared with ``hmac.compare_digest``; the peer's
 uid (``SO_PEERCRED``) must be ours; the claimed address must be a driver or a
@@ -64,6 +67,7 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True):
     token: str
     address: Address
     pid: int
+    purpose: str = "connect"  # or "status": one snapshot frame after the reply, then close
 
 
 class HelloReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +77,7 @@ class HelloReply(msgspec.Struct, frozen=True, kw_only=True):
     raylet: Address | None = None
     gcs: Address | None = None
     session_dir: str = ""
+    store_socket: str = ""  # the node's object store server (runtime/node_objects.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +154,7 @@ class Connection:
         self.framed = framed
         self.peer = peer
         self.pid = 0
+        self.purpose = "connect"
         self._limits = limits
         self._log = log
         self._outbox: list[Envelope] = []
@@ -251,13 +257,15 @@ class LocalServer:
     def __init__(self, *, path: str, token: str, welcome: HelloReply, on_batch: BatchHandler,
                  on_connect: Callable[[Connection], None],
                  on_disconnect: Callable[[Connection], None],
-                 limits: LocalLimits | None = None) -> None:
+                 limits: LocalLimits | None = None,
+                 on_status: Callable[[], bytes] | None = None) -> None:
         self.path = path
         self._token = token.encode()
         self._welcome = welcome
         self._on_batch = on_batch
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_status = on_status
         self._limits = limits or LocalLimits()
         self.connections: dict[Address, Connection] = {}
         self.rejected = 0
@@ -296,7 +304,9 @@ class LocalServer:
         framed = FramedStream(stream, self._limits.frame_bytes_max)
         try:
             conn = await self._handshake(framed)
-            if conn is not None:
+            if conn is not None and conn.purpose == "status":
+                await framed.send(self._on_status() if self._on_status else b"{}")
+            elif conn is not None:
                 await self._run(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, FrameError, OSError) as exc:
             self._reject(f"handshake failed: {exc}")
@@ -344,7 +354,7 @@ class LocalServer:
             return None
         await framed.send(_encoder.encode(self._welcome))
         conn = Connection(framed, hello.address, self._limits, self._log)
-        conn.pid = hello.pid
+        conn.pid, conn.purpose = hello.pid, hello.purpose
         return conn
 
     async def _receive_hello(self, framed: FramedStream) -> tuple[str, Hello | None]:
@@ -368,6 +378,9 @@ class LocalServer:
             return f"address {hello.address} is not on node {self._welcome.node_id}"
         if hello.address.component not in ("worker", "driver"):
             return f"only drivers and workers connect here, not a {hello.address.component}"
+        if hello.purpose not in ("connect", "status") or (
+                hello.purpose == "status" and self._on_status is None):
+            return f"this daemon does not serve {hello.purpose!r} requests"
         return ""
 
     async def _refuse(self, framed: FramedStream, reason: str) -> None:

@@ -31,11 +31,19 @@ the daemon before any thread exists) fork a worker, or else execs
 ``WorkerExited`` with the cause. ``KillWorker`` kills it (SIGKILL). Workers die
 with their daemon (``PR_SET_PDEATHSIG`` and socket end-of-file).
 
+Objects. The daemon owns the node's shared-memory object store
+(``runtime/node_objects.py``): its arena, the server its drivers and workers ask
+for regions (a socket and a thread of its own, announced in the local
+``HelloReply``), and the raylet's ``SendObjectChunks``/``WriteObjectChunk``/
+``DeleteObject`` effects. The arena and spill files are removed however the
+daemon stops.
+
 Durable state. On the head node the GCS's ``StorePut``/``StoreDelete`` go to a
 ``FileStore`` in the session directory, recovered when the daemon restarts.
 
 Startup and shutdown. When the raylet is registered the daemon writes one JSON
-line to ``--ready-fd`` (node id, socket path, gRPC endpoint, pid). SIGTERM,
+line to ``--ready-fd`` (node id, socket path, gRPC endpoint, pid; ``error`` when
+the head refused this node's token, and the daemon then exits). SIGTERM,
 SIGINT or the parent's end-of-file stop it: workers are killed and reaped, the
 transports closed, the socket removed, and with ``--cleanup-session`` the
 session directory and the node's ``/dev/shm`` files removed.
@@ -64,15 +72,17 @@ from shoal.kernel.messages import Address, Msg, Received, Started
 from shoal.kernel.raylet import MemberPhase, Raylet, RayletConfig
 from shoal.kernel.raylet.object_protocol import (
     DeleteObject,
-    ObjectMissing,
     SendObjectChunks,
     WriteObjectChunk,
 )
+from shoal.kernel.raylet.objects import ObjectsConfig
 from shoal.kernel.raylet.protocol import KillWorker, StartWorker, WorkerExited
 from shoal.kernel.wire import Envelope
+from shoal.runtime import node_status
 from shoal.runtime.gcs_store import FileStore
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect, configure_logging
 from shoal.runtime.local_transport import Connection, HelloReply, LocalServer
+from shoal.runtime.node_objects import NodeObjects
 from shoal.runtime.processes import exit_cause, python_command, remove_session
 from shoal.runtime.zygote import ZygoteClient, ZygoteError, fork_zygote
 
@@ -82,6 +92,7 @@ if TYPE_CHECKING:
 SESSION_FILE = "session.json"
 WORKER_REAP_S = 5.0
 REGISTER_WAIT_S = 30.0
+OBJECT_CHUNK_BYTES = 4 << 20  # chunks of transfers between nodes (RayletConfig.objects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +154,16 @@ class NodeDaemon:
         self.registered = trio.Event()
         self.stopping = False  # no new workers, no more reports to the raylet
         self.dropped = 0
+        self.objects = NodeObjects(opts.session_dir, opts.node_id, opts.object_store_memory,
+                                   token, self.route, self._log, backlog=self._backlog,
+                                   spawn=nursery.start_soon)
         welcome = HelloReply(ok=True, node_id=opts.node_id, raylet=self.raylet_address,
-                             gcs=self.gcs_address, session_dir=opts.session_dir)
+                             gcs=self.gcs_address, session_dir=opts.session_dir,
+                             store_socket=self.objects.socket_path)
         self.server = LocalServer(path=opts.socket_path, token=token, welcome=welcome,
                                   on_batch=self._on_local_batch, on_connect=self._on_connect,
-                                  on_disconnect=self._on_disconnect)
-        # TODO(#5): the node's SharedMemoryStore (transports/object_store.py) belongs here,
-        # sized by opts.object_store_memory and named after the session (so shutdown's
-        # /dev/shm/shoal-<session>* cleanup covers it). With it: the raylet's
-        # SendObjectChunks/WriteObjectChunk/DeleteObject read, write and drop real bytes;
-        # workers and drivers write values over INLINE_BYTES_MAX into it (ObjectPut and
-        # TaskExecuted results with stored=True) and read LocalObject arguments and
-        # stored GetCompleted results from it, zero copy. That needs a way for those
-        # processes to map the daemon's arena (the store is single-process today). Until
-        # then every value travels inline in messages, and the kernels never see a stored one.
+                                  on_disconnect=self._on_disconnect,
+                                  on_status=lambda: node_status.encode(self))
 
     # --- kernels -------------------------------------------------------------
 
@@ -167,7 +174,8 @@ class NodeDaemon:
             self.loop.add_kernel(self.gcs_address, gcs, store=self.store)
             self.loop.post(self.gcs_address, Started())
         config = RayletConfig(gcs=self.gcs_address, resources=self.opts.resources,
-                              endpoint=self.endpoint)
+                              endpoint=self.endpoint, objects=ObjectsConfig(
+                                  chunk_bytes=OBJECT_CHUNK_BYTES))
         raylet = Raylet(self.node_id, config, boot=time.time_ns() // 1_000_000)
         self.loop.add_kernel(self.raylet_address, raylet, on_effect=self._on_raylet_effect)
         self.loop.after_round.append(self._check_registered)
@@ -200,6 +208,12 @@ class NodeDaemon:
             self.grpc.send(endpoint, Envelope(src=src, dst=dst, msg=msg))
         except trio.ClosedResourceError:
             self._drop("route.transport_closed", dst, msg)
+
+    def _backlog(self, node: str) -> int:
+        """Envelopes the gRPC transport holds for ``node``, not yet written."""
+        endpoint = self._endpoint_of(NodeId(node))
+        grpc = self.grpc
+        return grpc.backlog(endpoint) if grpc is not None and endpoint else 0
 
     def _endpoint_of(self, node: NodeId) -> str:
         info = self._raylet().node_view.get(node)
@@ -267,11 +281,8 @@ class NodeDaemon:
                 self._nursery.start_soon(self._run_worker, effect.worker_id)
             case KillWorker():
                 self._kill(effect.worker_id, f"killed by its raylet: {effect.reason}")
-            case SendObjectChunks():  # TODO(#5): read the chunks from the node's store
-                self.route(address, effect.dst, ObjectMissing(object_id=effect.object_id))
-            case WriteObjectChunk() | DeleteObject():  # TODO(#5): write to / delete from it
-                self._log.warning("objects.no_store", effect=type(effect).__name__,
-                                  object_id=effect.object_id)
+            case SendObjectChunks() | WriteObjectChunk() | DeleteObject():
+                self.objects.on_effect(address, effect, self._raylet().objects.is_local)
             case _:
                 raise UnhandledEffect(f"node daemon: no handler for {type(effect).__name__}")
 
@@ -403,6 +414,7 @@ async def serve(opts: NodeOptions, token: str,
     zygote = ZygoteClient(*zygote_parts, log) if zygote_parts is not None else None
     reservation = _reserve_port(opts.grpc_host, opts.grpc_port)
     endpoint = _join_host_port(opts.grpc_host, reservation.getsockname()[1])
+    daemon: NodeDaemon | None = None
     try:
         async with trio.open_nursery() as nursery:
             daemon = NodeDaemon(opts, token, endpoint, nursery)
@@ -417,6 +429,8 @@ async def serve(opts: NodeOptions, token: str,
             nursery.cancel_scope.cancel()
     finally:
         reservation.close()
+        if daemon is not None:
+            daemon.objects.close()  # the arena and spill files go, however we stop
         if zygote is not None:
             await zygote.aclose()
     return reason
@@ -439,13 +453,18 @@ def _join_host_port(host: str, port: int) -> str:
 async def _run_daemon(daemon: NodeDaemon, nursery: trio.Nursery, log: Any) -> str:
     opts = daemon.opts
     await nursery.start(daemon.loop.run)
+    daemon.objects.start()
     await nursery.start(daemon.server.serve)
     daemon.start_kernels()
-    with trio.move_on_after(REGISTER_WAIT_S):
-        await daemon.registered.wait()
+    refused = await _wait_registered(daemon)
     _write_ready(opts, {
         "node_id": opts.node_id, "socket": opts.socket_path, "pid": os.getpid(),
-        "endpoint": daemon.endpoint, "registered": daemon.registered.is_set()})
+        "endpoint": daemon.endpoint, "registered": daemon.registered.is_set(),
+        "error": refused})
+    if refused:  # the head refused our token: retrying cannot help
+        log.error("node.join_refused", reason=refused)
+        await daemon.stop_workers()
+        return refused
     log.info("node.ready", endpoint=daemon.endpoint, socket=opts.socket_path)
     reason = await _wait_for_stop(opts)
     log.info("node.stopping", reason=reason)
@@ -453,6 +472,20 @@ async def _run_daemon(daemon: NodeDaemon, nursery: trio.Nursery, log: Any) -> st
     if daemon.store is not None:
         daemon.store.close()
     return reason
+
+
+async def _wait_registered(daemon: NodeDaemon) -> str:
+    """Waits (``REGISTER_WAIT_S`` at most) until the raylet is registered; returns why it
+    never will be when the head's gRPC server refused this node's token, else ""."""
+    with trio.move_on_after(REGISTER_WAIT_S):
+        while not daemon.registered.is_set():
+            grpc = daemon.grpc
+            if not daemon.opts.head and grpc is not None and grpc.stats.auth_failures:
+                return (f"the head at {daemon.opts.gcs_endpoint} rejected this node's cluster "
+                        "token; pass the token that `shoal start --head` printed")
+            with trio.move_on_after(0.05):
+                await daemon.registered.wait()
+    return ""
 
 
 async def _wait_for_stop(opts: NodeOptions) -> str:

@@ -8,20 +8,35 @@
 * ``exit_cause``: a process's return code, in words.
 * ``remove_session``: removes a session directory and the node's shared-memory
   files (``/dev/shm/shoal-<session name>*``).
+* ``read_ready_line``, ``log_tail``, ``kill_group``: what a process that starts a
+  node daemon (``shoal.init()``, ``shoal start``) uses to wait for it and to stop it.
+* ``base_dir``: where sessions go: ``$SHOAL_TMPDIR``, else ``/tmp`` (like ``RAY_TMPDIR``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import json
 import os
+import select
 import shutil
 import signal
+import subprocess
 import sys
+import time
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 SHM_DIR = "/dev/shm"
 KEEP_SESSION_ENV = "SHOAL_KEEP_SESSION"
+TMPDIR_ENV = "SHOAL_TMPDIR"
+DEFAULT_TMPDIR = "/tmp"  # short on purpose: Unix socket paths are limited to 107 bytes
+
+
+def base_dir() -> str:
+    """The directory under which sessions are made: ``$SHOAL_TMPDIR``, else ``/tmp``."""
+    return os.environ.get(TMPDIR_ENV) or DEFAULT_TMPDIR
 
 
 def python_command(module: str, *args: str) -> list[str]:
@@ -88,3 +103,52 @@ def remove_session(session_dir: str) -> None:
     if os.environ.get(KEEP_SESSION_ENV, "") not in ("", "0"):
         return
     shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILLs a process group (a daemon started in its own session, and its workers)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def read_ready_line(fd: int, process: subprocess.Popen[bytes], session_dir: str,
+                    timeout_s: float) -> dict[str, Any]:
+    """Reads a node daemon's ready line (one JSON object) from ``fd``, then closes ``fd``.
+
+    Raises:
+        RuntimeError: the daemon exited first, or wrote nothing within ``timeout_s``;
+            the message ends with the tail of its log.
+    """
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"the shoal node daemon did not start within "
+                                   f"{timeout_s}s{log_tail(session_dir)}")
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    time.sleep(0.05)  # let it finish dying, for its exit code and its log
+                    raise RuntimeError(f"the shoal node daemon exited at startup (code "
+                                       f"{process.poll()}){log_tail(session_dir)}")
+                data += chunk
+    finally:
+        os.close(fd)
+    info: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
+    return info
+
+
+def log_tail(session_dir: str, lines: int = 20) -> str:
+    """``"; its log ends with: ..."`` for an error message, or "" without a log."""
+    try:
+        with open(os.path.join(session_dir, "logs", "node.log"), encoding="utf-8",
+                  errors="replace") as f:
+            tail = f.readlines()[-lines:]
+    except OSError:
+        return ""
+    return "; its log ends with:\n" + "".join(tail)

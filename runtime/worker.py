@@ -9,6 +9,12 @@ socket. The MAIN thread runs user code, never the trio thread: it takes
 API layer's ``executor.execute`` and hands the ``TaskExecuted`` back to the
 kernel (one crossing into trio per task, batched with any ref changes).
 
+Objects (``runtime/process_objects.py``): ``LocalObject`` arguments are read
+from the node's shared-memory store zero-copy before the task runs, and return
+values above the inline limit (written into the store as they are serialized)
+are sealed there as primary copies; the kernel gets them as
+``ObjectResult(stored=True, locations=(node,), size)``.
+
 ``InterruptTask`` raises ``TaskCancelledError`` in the running task at its
 current or next blocking call (``get``/``wait``); with ``force`` the process
 exits at once, and its raylet reports it dead to the task's owner.
@@ -31,6 +37,7 @@ import signal
 import sys
 import threading
 
+import msgspec
 import structlog
 from shoal.kernel.core_worker.protocol import (
     ExecuteTask,
@@ -44,9 +51,13 @@ from shoal.kernel.core_worker.protocol import (
 from shoal.kernel.gcs_client import CallCompleted
 from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg
-from shoal.kernel.task_spec import Payload
 from shoal.runtime.api.context import set_global_context
-from shoal.runtime.api.exceptions import TaskCancelledError
+from shoal.runtime.api.exceptions import (
+    ObjectLostError,
+    ObjectStoreFullError,
+    RaySystemError,
+    TaskCancelledError,
+)
 from shoal.runtime.api.executor import execute
 from shoal.runtime.driver import CoreWorkerRuntime, ProdWorkerContext
 from shoal.runtime.kernel_host import UnhandledEffect, configure_logging
@@ -81,11 +92,15 @@ class WorkerHost:
         ctx.current_task = item.spec
         ctx.job_id = item.spec.job_id
         try:
-            args = _inline_args(item)
-            if args is None:
-                executed = _unreadable(item)
+            try:
+                args = tuple(ctx.objects.read_arg(arg) for arg in item.args)
+            except (ObjectLostError, ObjectStoreFullError, RaySystemError) as exc:
+                executed = _unreadable(item, exc)
             else:
                 executed = execute(item.spec, args, item.function, ctx)
+                del args  # the arguments' views of the store: their leases can end
+                executed = msgspec.structs.replace(executed, results=tuple(
+                    ctx.objects.store_result(r, item.spec) for r in executed.results))
         finally:
             ctx.current_task = None
             ctx.clear_interrupt()
@@ -115,19 +130,10 @@ class WorkerHost:
         os._exit(1)  # a worker without its daemon has nothing left to do
 
 
-def _inline_args(item: ExecuteTask) -> tuple[Payload, ...] | None:
-    """The arguments, or None if one is in the node's object store (not read here yet)."""
-    # TODO(#5): read LocalObject arguments from the node's shared-memory store (zero copy).
-    # Today this host never stores a value (every value travels inline), so the kernels
-    # never hand it a LocalObject; one can only come from a host that does.
-    args = [arg for arg in item.args if isinstance(arg, Payload)]
-    return tuple(args) if len(args) == len(item.args) else None
-
-
-def _unreadable(item: ExecuteTask) -> TaskExecuted:
+def _unreadable(item: ExecuteTask, exc: BaseException) -> TaskExecuted:
     error = ObjectError(kind="object_lost", message=(
-        f"task {item.spec.name} ({item.spec.task_id}): an argument is in the node's object "
-        "store, which this worker cannot read yet (issue #5)"))
+        f"task {item.spec.name} ({item.spec.task_id}): an argument could not be read from "
+        f"the node's object store: {exc}"))
     return TaskExecuted(task_id=item.spec.task_id, attempt=item.spec.attempt, results=tuple(
         ObjectResult(object_id=oid, error=error) for oid in item.spec.return_ids))
 

@@ -43,21 +43,73 @@ def decode_frame(frame: bytes) -> tuple[list[Envelope], list[str]]:
 def encode_frames(batch: list[Envelope], frame_bytes_max: int) -> tuple[list[bytes], int]:
     """Encodes a batch as one frame, or several if it would pass ``frame_bytes_max``.
 
+    A batch that fits is encoded in one call. One that does not (a transfer's object
+    chunks, say) is encoded one envelope at a time, each exactly once, and packed
+    greedily into frames: a msgpack array header followed by encoded elements is the
+    encoding of the list. (Halving and re-encoding instead copied a batch of hundreds
+    of megabytes several times over, holding the GIL all along.)
+
     Returns:
         The frames, in order, and how many envelopes were dropped because a
-        single one alone is larger than ``frame_bytes_max``.
+        single one alone is larger than ``frame_bytes_max`` or cannot be encoded.
     """
     if not batch:
         return [], 0
-    try:
-        frame: bytes | None = wire.encode_batch(batch)
-    except (msgspec.EncodeError, TypeError, OverflowError, ValueError):
-        frame = None  # one envelope cannot be encoded: find it by halving
-    if frame is not None and len(frame) <= frame_bytes_max:
-        return [frame], 0
-    if len(batch) == 1:
-        return [], 1
-    middle = len(batch) // 2
-    head, head_dropped = encode_frames(batch[:middle], frame_bytes_max)
-    tail, tail_dropped = encode_frames(batch[middle:], frame_bytes_max)
-    return head + tail, head_dropped + tail_dropped
+    if _data_bytes(batch) <= frame_bytes_max:
+        try:
+            frame = wire.encode_batch(batch)
+        except _ENCODE_ERRORS:
+            pass  # one envelope cannot be encoded: _pack drops it alone
+        else:
+            if len(frame) <= frame_bytes_max:
+                return [frame], 0
+    return _pack(batch, frame_bytes_max)
+
+
+_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, OverflowError, ValueError)
+_ARRAY_HEADER_BYTES_MAX = 5
+
+
+def _data_bytes(batch: list[Envelope]) -> int:
+    """A cheap lower bound of a batch's encoded size: its messages' ``data`` bytes."""
+    total = 0
+    for envelope in batch:
+        data = getattr(envelope.msg, "data", None)
+        if isinstance(data, bytes | bytearray | memoryview):
+            total += data.nbytes if isinstance(data, memoryview) else len(data)
+    return total
+
+
+def _pack(batch: list[Envelope], frame_bytes_max: int) -> tuple[list[bytes], int]:
+    frames: list[bytes] = []
+    parts: list[bytes] = []
+    size = dropped = 0
+    room = frame_bytes_max - _ARRAY_HEADER_BYTES_MAX
+    for envelope in batch:
+        try:
+            encoded = wire.encode(envelope)
+        except _ENCODE_ERRORS:
+            dropped += 1
+            continue
+        if len(encoded) > room:
+            dropped += 1
+            continue
+        if parts and size + len(encoded) > room:
+            frames.append(_array(parts))
+            parts, size = [], 0
+        parts.append(encoded)
+        size += len(encoded)
+    if parts:
+        frames.append(_array(parts))
+    return frames, dropped
+
+
+def _array(parts: list[bytes]) -> bytes:
+    count = len(parts)
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return b"".join([header, *parts])

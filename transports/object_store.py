@@ -64,6 +64,15 @@ from types import TracebackType
 from typing import Final, Self
 
 from shoal.transports.object_store_alloc import round_up_to_page
+from shoal.transports.object_store_errors import (
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectSpillError,
+    ObjectStateError,
+    ObjectStoreClosedError,
+    ObjectStoreError,
+    ObjectStoreFullError,
+)
 from shoal.transports.object_store_memory import (
     Arena,
     ObjectStoreStats,
@@ -93,43 +102,6 @@ __all__ = [
 _NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class ObjectStoreError(Exception):
-    """Base of every error the shared-memory object store raises."""
-
-
-class ObjectStoreFullError(ObjectStoreError):
-    """A create or restore could not fit, even after evicting and spilling what it could."""
-
-    def __init__(
-        self, message: str, *, object_id: str, size: int, capacity_bytes: int, used_bytes: int
-    ) -> None:
-        super().__init__(message)
-        self.object_id = object_id
-        self.size = size
-        self.capacity_bytes = capacity_bytes
-        self.used_bytes = used_bytes
-
-
-class ObjectExistsError(ObjectStoreError):
-    """``create`` was given an object id that the store already holds."""
-
-
-class ObjectNotFoundError(ObjectStoreError):
-    """The object id is not in the store (never created, deleted or evicted)."""
-
-
-class ObjectStateError(ObjectStoreError):
-    """The object is in the wrong phase for the call (e.g. ``get`` before ``seal``)."""
-
-
-class ObjectSpillError(ObjectStoreError):
-    """Writing an object to the spill directory, or reading it back, failed."""
-
-
-class ObjectStoreClosedError(ObjectStoreError):
-    """The store was used after ``close``."""
-
-
 class ObjectPhase(enum.Enum):
     CREATED = "created"
     SEALED = "sealed"
@@ -156,6 +128,10 @@ class SharedMemoryStore:
         shm_dir: The tmpfs directory that holds the arena.
         prefault: Allocate and map every page of the arena now, so that no put ever
             pays for first-touch page allocation (commits ``capacity_bytes`` of RAM).
+        populate: Map newly allocated pages into this process's writable mapping at
+            once (``MADV_POPULATE_WRITE``): right when writers live in this process;
+            a store whose writers are other processes (``object_store_client``, which
+            populate their own mappings) passes False and only allocates the pages.
 
     Raises:
         ValueError: Bad name or capacity.
@@ -170,6 +146,7 @@ class SharedMemoryStore:
         *,
         shm_dir: str | os.PathLike[str] = "/dev/shm",
         prefault: bool = False,
+        populate: bool = True,
     ) -> None:
         if not _NAME_PATTERN.fullmatch(name):
             raise ValueError(f"object store: name {name!r} must match [A-Za-z0-9_.-]+")
@@ -190,7 +167,7 @@ class SharedMemoryStore:
         self._files: dict[str, None] = {}  # every file to remove at close
         self._finalizer = weakref.finalize(self, remove_files, os.getpid(), self._files)
         try:
-            self._arena = Arena(self._path, self._capacity)
+            self._arena = Arena(self._path, self._capacity, populate=populate)
         except FileExistsError:
             raise ObjectStoreError(
                 f"object store {name!r}: {self._path} already exists: another store with "
@@ -340,6 +317,47 @@ class SharedMemoryStore:
         with self._lock:
             entry = self._entries.get(object_id)
             return entry is not None and entry.phase is not ObjectPhase.CREATED
+
+    def location(self, object_id: str) -> tuple[int, int]:
+        """``(offset, size)`` of an in-memory object in the arena file, for another process
+        that maps the file (``object_store_client``). Spilled objects have none: ``get`` first.
+
+        Raises:
+            ObjectNotFoundError: The id is not in the store.
+            ObjectStateError: The object is spilled.
+        """
+        with self._lock:
+            entry = self._lookup(object_id, "locate")
+            if entry.region is None:
+                raise ObjectStateError(
+                    f"object store {self._name!r}: cannot locate object {object_id!r} in "
+                    "phase spilled; expected created or sealed (get it to restore it)"
+                )
+            return entry.region.offset, entry.size
+
+    def rename(self, object_id: str, new_id: str) -> None:
+        """Gives a created (not yet sealed) object a new id, which must be free.
+
+        Raises:
+            ObjectNotFoundError: ``object_id`` is not in the store.
+            ObjectStateError: The object is sealed already.
+            ObjectExistsError: ``new_id`` is taken.
+        """
+        with self._lock:
+            entry = self._lookup(object_id, "rename")
+            if entry.phase is not ObjectPhase.CREATED:
+                raise ObjectStateError(
+                    f"object store {self._name!r}: cannot rename object {object_id!r} in phase "
+                    f"{entry.phase.value}; expected created"
+                )
+            if new_id in self._entries:
+                raise ObjectExistsError(
+                    f"object store {self._name!r}: cannot rename object {object_id!r} to "
+                    f"{new_id!r}: that id exists already; delete it first"
+                )
+            del self._entries[object_id]
+            entry.object_id = new_id
+            self._entries[new_id] = entry
 
     def pin(self, object_id: str) -> None:
         """Marks the object as a referenced primary copy: never evicted, only spilled.

@@ -29,10 +29,13 @@ alive, and no access can ever fault, even after ``close``.
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import itertools
 import mmap
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -44,6 +47,7 @@ View = npt.NDArray[np.uint8]
 
 _IO_CHUNK_BYTES: Final = 1 << 30  # one read/write syscall moves at most this much
 _MADV_POPULATE_WRITE: Final = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+_STALE_AGE_S: Final = 2.0  # an unlocked arena younger than this may be starting up
 
 
 @dataclass(slots=True, eq=False)
@@ -126,6 +130,36 @@ def remove_files(owner_pid: int, paths: dict[str, None]) -> None:
         paths.pop(path, None)
 
 
+def remove_stale_arenas(shm_dir: str, prefix: str = "shoal-") -> list[str]:
+    """Unlinks the arena files under ``shm_dir`` whose store process has died.
+
+    A live store holds an exclusive ``flock`` on its arena (see ``Arena``); the kernel
+    drops it when the process ends, however it ends. So an arena whose lock can be
+    taken belongs to nobody. Files younger than a moment are skipped: their store may
+    be between creating the file and locking it.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(shm_dir), f"{prefix}*-arena"))):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime < _STALE_AGE_S:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # locked: its store is alive
+        finally:
+            os.close(fd)
+        unlink_quietly(path)
+        removed.append(path)
+    return removed
+
+
 def write_new_file(path: str, data: View) -> None:
     """Writes ``data`` to a new file (O_EXCL), straight from the mapping; raises OSError."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -159,20 +193,27 @@ class Arena:
     Args:
         path: The tmpfs file to create (it must not exist).
         capacity_bytes: The file's size, a positive multiple of the page size.
+        populate: Map pages into this process's writable mapping as they are first
+            allocated (for writers in this process; one that only serves other
+            processes, which map the file themselves, skips that cost).
 
     Raises:
         OSError: The file exists (``FileExistsError``) or cannot be created or mapped;
             nothing is left behind.
     """
 
-    def __init__(self, path: str, capacity_bytes: int) -> None:
+    def __init__(self, path: str, capacity_bytes: int, *, populate: bool = True) -> None:
         self.path = path
         self.capacity_bytes = capacity_bytes
+        self._populate = populate
         self.quarantine: list[Region] = []
         self._alloc = RegionAllocator(capacity_bytes)
         self._resident_end = 0  # every page below this is allocated in the file
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            # Held for the life of the store: ``remove_stale_arenas`` takes the file's lock
+            # to learn that the process that made it is gone.
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.ftruncate(self._fd, capacity_bytes)
             self._rw_map = mmap.mmap(self._fd, capacity_bytes, access=mmap.ACCESS_WRITE)
             self._ro_map = mmap.mmap(self._fd, capacity_bytes, access=mmap.ACCESS_READ)
@@ -226,7 +267,8 @@ class Arena:
             # Not supported here: the pages get allocated on first touch instead.
         else:
             try:
-                self._rw_map.madvise(_MADV_POPULATE_WRITE, start, end - start)
+                if self._populate:
+                    self._rw_map.madvise(_MADV_POPULATE_WRITE, start, end - start)
             except OSError:
                 pass  # older kernel: pages get mapped on first touch instead
         self._resident_end = end

@@ -154,7 +154,7 @@ class ObjectTable:
         return [SendObjectChunks(dst=src, object_id=msg.object_id, chunks=chunks,
                                  chunk_bytes=self._config.chunk_bytes)]
 
-    def on_chunk(self, msg: ObjectChunk) -> list[Msg]:
+    def on_chunk(self, msg: ObjectChunk, now: Nanos) -> list[Msg]:
         entry = self._entries.get(msg.object_id)
         if entry is None or entry.phase is not EntryPhase.PULLING or msg.index in entry.received:
             return []  # not wanted, or a duplicate
@@ -163,7 +163,10 @@ class ObjectTable:
             object_id=msg.object_id, offset=msg.index * self._config.chunk_bytes,
             total_size=msg.size, data=msg.data)]
         if len(entry.received) < msg.chunk_count:
-            return effects
+            # Progress: the retry waits for pull_retry_ns without a chunk, not from the
+            # request (a transfer longer than that would re-request, and so resend, the rest).
+            return effects + [SetTimer(key=PULL_TIMER_PREFIX + entry.object_id,
+                                       at_ns=now + self._config.pull_retry_ns)]
         entry.phase = EntryPhase.LOCAL
         entry.received.clear()
         effects.append(CancelTimer(key=PULL_TIMER_PREFIX + entry.object_id))

@@ -13,9 +13,15 @@ Each ``ObjectRef`` rebuilt on the way registers with the current worker context
 (``ref_added``) and is noted by any active ``collecting_refs()`` block, which
 the executor uses to find refs a task still holds after it returns.
 
-Buffers stay in band for now: a ``Payload`` is one ``bytes``. Zero-copy reads
-from the node's shared-memory store are the host's business (it may re-encode
-large payloads with ``shoal.transports.serialization``).
+Out-of-band buffers. A host whose worker context has a ``buffer_codec`` (see
+``BufferCodec``; the production host's writes into the node's shared-memory
+store) gets large contiguous buffers (numpy arrays...) out of band: pickle
+hands them over without copying, and ``codec.encode`` lays the pickle stream
+and the buffers out wherever the host wants them (one copy, straight into the
+store), returning the bytes-like ``Payload.data``. ``deserialize`` asks the
+codec to ``decode`` such data back into the stream and views of the buffers, so
+arrays come back zero-copy (and read-only, from read-only memory). Without a
+codec (the simulator) buffers stay in band and a ``Payload`` is one ``bytes``.
 
 ``serialize_error``/``deserialize_error`` carry a task's exception as a pickled
 ``RayTaskError`` (falling back to a description when the exception itself
@@ -30,13 +36,15 @@ import traceback
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import cloudpickle  # type: ignore[import-untyped]
 from shoal.kernel.task_spec import ObjectRefInfo, Payload
+from shoal.runtime.api.context import current_context
 from shoal.runtime.api.exceptions import RaySystemError, RayTaskError
 
 __all__ = [
+    "BufferCodec",
     "collecting_refs",
     "deserialize",
     "deserialize_error",
@@ -48,6 +56,28 @@ PROTOCOL: Final = 5
 _ATOMIC_TYPES: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 _local = threading.local()
+
+
+class BufferCodec(Protocol):
+    """How a host lays out values with out-of-band buffers (a worker context's optional
+    ``buffer_codec`` attribute)."""
+
+    out_of_band_min_bytes: int
+    """Contiguous buffers at least this large go out of band; smaller ones stay in band."""
+
+    def encode(self, inband: bytes, buffers: list[memoryview]) -> Any:
+        """Lays out a pickle stream and its out-of-band buffers; returns ``Payload.data``
+        (bytes-like). May raise (e.g. ``ObjectStoreFullError``)."""
+        ...
+
+    def decode(self, data: Any) -> tuple[Any, list[Any]] | None:
+        """The pickle stream and buffers of data made by ``encode``; None for plain pickle."""
+        ...
+
+
+def _codec() -> BufferCodec | None:
+    codec: BufferCodec | None = getattr(current_context(), "buffer_codec", None)
+    return codec
 
 
 def _pickling_stack() -> list[list[ObjectRefInfo]]:
@@ -110,10 +140,16 @@ def serialize(value: object, *, what: str = "the value") -> Payload:
     if type(value) in _ATOMIC_TYPES:
         return Payload(data=pickle.dumps(value, protocol=PROTOCOL))
     found: list[ObjectRefInfo] = []
+    codec = _codec()
+    buffers: list[memoryview] = []
     stack = _pickling_stack()
     stack.append(found)
     try:
-        data = cloudpickle.dumps(value, protocol=PROTOCOL)
+        if codec is None:
+            data = cloudpickle.dumps(value, protocol=PROTOCOL)
+        else:
+            data = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=_out_of_band(
+                buffers, codec.out_of_band_min_bytes))
     except Exception as exc:
         raise TypeError(
             f"Could not serialize {what} ({type(value).__name__}): {type(exc).__name__}: {exc}. "
@@ -122,7 +158,24 @@ def serialize(value: object, *, what: str = "the value") -> Payload:
             "create those inside the task.") from exc
     finally:
         stack.pop()
+    if buffers:
+        assert codec is not None
+        data = codec.encode(data, buffers)  # may raise ObjectStoreFullError: let it
     return Payload(data=data, contained=_unique(found))
+
+
+def _out_of_band(buffers: list[memoryview], min_bytes: int) -> Any:
+    def callback(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # not contiguous: in band
+        if raw.nbytes < min_bytes:
+            return True
+        buffers.append(raw)
+        return False  # out of band
+
+    return callback
 
 
 def deserialize(payload: Payload | bytes) -> Any:
@@ -133,8 +186,13 @@ def deserialize(payload: Payload | bytes) -> Any:
             cannot be imported in this process).
     """
     data = payload.data if isinstance(payload, Payload) else payload
+    codec = _codec()
     try:
-        return pickle.loads(data)
+        parts = codec.decode(data) if codec is not None else None
+        if parts is None:
+            return pickle.loads(data)
+        inband, buffers = parts
+        return pickle.loads(inband, buffers=buffers)
     except Exception as exc:
         raise RaySystemError(
             f"could not deserialize a value: {type(exc).__name__}: {exc}. Make sure every "

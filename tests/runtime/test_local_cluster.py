@@ -2,7 +2,7 @@
 
 Loopback and Unix sockets only. Every test checks that what it started is gone
 afterwards: no process it spawned still alive, no session directory, no
-``/dev/shm/shoal*`` file.
+``/dev/shm/shoal-<session>*`` file.
 """
 
 from __future__ import annotations
@@ -53,22 +53,24 @@ def _our_processes(besides: Collection[int] = ()) -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if p.pid not in besides]
 
 
-def _shm_files() -> list[str]:
-    return glob.glob("/dev/shm/shoal*")
+def _shm_files(session_dir: str) -> list[str]:
+    """The session's shared-memory files (``/dev/shm/shoal-<session name>*``). Other
+    shoal clusters may be running on this machine, each with its node's arena."""
+    name = os.path.basename(os.path.normpath(session_dir))
+    return glob.glob(f"/dev/shm/shoal-{glob.escape(name)}*")
 
 
 def _assert_gone(processes: list[psutil.Process], session_dir: str, timeout_s: float = 5.0):
     _, alive = psutil.wait_procs(processes, timeout=timeout_s)
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"
     assert not os.path.exists(session_dir), f"session directory left behind: {session_dir}"
-    assert not _shm_files(), f"shared-memory files left behind: {_shm_files()}"
+    left = _shm_files(session_dir)
+    assert not left, f"shared-memory files left behind: {left}"
 
 
 @pytest.fixture
 def fresh_cluster() -> Iterator[dict[str, Any]]:
     """A cluster of one node with 2 CPUs, torn down (and checked clean) after the test."""
-    shm_before = _shm_files()
-    assert not shm_before, f"/dev/shm/shoal* files exist before the test: {shm_before}"
     before = {p.pid for p in _our_processes()}
     info = shoal.init(num_cpus=2)
     session_dir = _session_dir()
