@@ -142,7 +142,8 @@ def run_simulation(config: RunConfig, workload: Workload | None = None) -> RunRe
         sim_seconds=engine.now / NANOS_PER_SECOND,
         wall_seconds=time.perf_counter() - started, violations=sim.violations,
         trace_excerpt=sim.trace_excerpt, plan=plan.summary(),
-        stats={"network": _network_stats(engine.network)},
+        stats={"network": _network_stats(engine.network),
+               **(workload.stats() if hasattr(workload, "stats") else {})},
     )
 
 

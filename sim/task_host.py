@@ -45,7 +45,7 @@ from shoal.kernel.core_worker.protocol import (
     WaitRequested,
 )
 from shoal.kernel.gcs_client import CallCompleted, KvCallRequested
-from shoal.kernel.ids import NANOS_PER_MILLI, NodeId, ObjectId, TaskId, WorkerId
+from shoal.kernel.ids import NANOS_PER_MILLI, ActorId, NodeId, ObjectId, TaskId, WorkerId
 from shoal.kernel.messages import Address, Msg
 from shoal.kernel.raylet.object_protocol import (
     DeleteObject,
@@ -62,6 +62,7 @@ from shoal.kernel.task_spec import (
     TaskSpec,
     producing_task,
 )
+from shoal.sim.actor_host import ActorContextMixin, SimActorHost  # actors (issue #4)
 from shoal.sim.baton import Baton, SimFuture, UserThread
 from shoal.sim.engine import SimProcess, Store
 from shoal.sim.harness import ClusterSim
@@ -105,6 +106,7 @@ class TaskHost:
         self.engine.crash_hooks.append(self._on_crash)
         baton.before_block.append(self._flush_refs_of)
         baton.on_finished.append(self._forget_thread)
+        self.actors = SimActorHost(self)  # actors (issue #4): instances, calls, answers
 
     # --- processes ---------------------------------------------------------
 
@@ -321,7 +323,7 @@ class TaskHost:
             state.threads.pop(thread, None)
 
 
-class SimWorkerContext:
+class SimWorkerContext(ActorContextMixin):
     """The ``WorkerContext`` of one simulated process (driver or worker)."""
 
     def __init__(self, host: TaskHost, address: Address) -> None:
@@ -330,7 +332,9 @@ class SimWorkerContext:
         self.node_id = NodeId(address.node)
         self.job_id = JOB_ID
         self.current_task: TaskSpec | None = None
-        self.current_actor_id: str | None = None
+        self.current_actor_id: ActorId | None = None
+        self.current_actor_restarts = 0  # actors (issue #4)
+        self.refused: dict[TaskId, str] = {}  # actor calls refused as submitted (issue #4)
         self._next_task = 1
         self._next_object = 1
         self._next_call = 1

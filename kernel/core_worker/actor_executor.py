@@ -13,7 +13,8 @@ the cached ``ActorCreated`` after). A ``CreateActor`` for another actor or
 incarnation is refused.
 
 Calls: ``PushActorTask`` names the caller's session and its sequence number.
-Each session has an ``expected`` number: the call bearing it is *accepted*
+Sessions are keyed by the caller's address and the session it names. Each
+session has an ``expected`` number: the call bearing it is *accepted*
 (then the buffered ones that follow it), later ones wait in a buffer, earlier
 ones are retransmits (answered from the session's record of answers, or
 ``ActorTaskAck`` while they are pending). Accepted calls line up in one queue
@@ -53,7 +54,7 @@ from shoal.kernel.gcs.actor_protocol import (
     ActorSpec,
     CreateActor,
 )
-from shoal.kernel.ids import Nanos, ObjectId, TaskId
+from shoal.kernel.ids import Nanos, NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, Msg, Rejected, Send
 from shoal.kernel.raylet.object_protocol import PinObject
 from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
@@ -74,7 +75,7 @@ class _Run:
 
     spec: TaskSpec
     caller: Address
-    session: str = ""
+    session: tuple[Address, str] = (Address(node=NodeId(""), component="worker"), "")
     seq: int = -1
     resolved: tuple[Payload | None, ...] = ()
     args: list[Payload | LocalObject | None] = field(default_factory=list)
@@ -104,7 +105,7 @@ class ActorHost:
         self._function = b""
         self._created: ActorCreated | None = None
         self._ctor: _Run | None = None
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._sessions: OrderedDict[tuple[Address, str], _Session] = OrderedDict()
         self._ready: deque[_Run] = deque()
         self._running: dict[TaskId, _Run] = {}
         self.executed = 0
@@ -175,7 +176,7 @@ class ActorHost:
                 actor_id=msg.actor_id, num_restarts=msg.num_restarts, task_id=msg.spec.task_id,
                 reason=f"worker {self._me} hosts {hosted}, not incarnation "
                        f"{msg.num_restarts} of actor {msg.actor_id}"))]
-        session = self._session(msg.caller)
+        session = self._session((src, msg.caller))
         for seq in [s for s in session.answers if s < msg.processed]:
             del session.answers[seq]
         answer = session.answers.get(msg.seq)
@@ -189,13 +190,13 @@ class ActorHost:
         while session.expected in session.buffered:
             push, caller = session.buffered.pop(session.expected)
             session.expected += 1
-            run = _Run(spec=push.spec, caller=caller, session=push.caller, seq=push.seq,
+            run = _Run(spec=push.spec, caller=caller, session=(caller, push.caller), seq=push.seq,
                        resolved=push.resolved)
             self._ready.append(run)
             effects += self._resolve(run, now)
         return effects + self._start_ready()
 
-    def _session(self, caller: str) -> _Session:
+    def _session(self, caller: tuple[Address, str]) -> _Session:
         session = self._sessions.get(caller)
         if session is None:
             session = self._sessions[caller] = _Session()

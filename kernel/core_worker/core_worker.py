@@ -29,8 +29,6 @@ submitter (task arguments) and the executor, until nothing more completes.
 from __future__ import annotations
 
 import msgspec
-
-# --- actors (issue #4) ---
 from shoal.kernel.core_worker.actor_executor import ActorHost
 from shoal.kernel.core_worker.actor_protocol import (
     ActorCallSubmitted,
@@ -50,14 +48,6 @@ from shoal.kernel.core_worker.actors import (
     ActorCaller,
     ActorCallerConfig,
 )
-from shoal.kernel.gcs.actor_protocol import (
-    ActorRegistered,
-    ActorTableUpdate,
-    CreateActor,
-    KillActorReply,
-    NamedActorReply,
-)
-# --- end actors ---
 from shoal.kernel.core_worker.calls import CALL_TIMER_PREFIX, CallTable
 from shoal.kernel.core_worker.executor import Executor
 from shoal.kernel.core_worker.objects import FETCH_TIMER_PREFIX, ObjectTable
@@ -84,6 +74,13 @@ from shoal.kernel.core_worker.submitter import (
     RETURN_TIMER_PREFIX,
     Submitter,
     SubmitterConfig,
+)
+from shoal.kernel.gcs.actor_protocol import (
+    ActorRegistered,
+    ActorTableUpdate,
+    CreateActor,
+    KillActorReply,
+    NamedActorReply,
 )
 from shoal.kernel.gcs.protocol import NodeTableUpdate
 from shoal.kernel.gcs_client import POLL_TIMER, GcsClient, GcsClientConfig, KvCallRequested

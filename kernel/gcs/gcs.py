@@ -9,6 +9,9 @@ The GCS is a set of sub-machines behind one ``handle`` entry:
 * ``InternalKv`` (``kv.py``): the namespaced internal key-value store.
 * ``ClusterResources`` (``resources.py``): the soft-state cluster resource view,
   following the node table; raylets report into it and get deltas back.
+* ``ActorManager`` (``actors.py``): the actor table and lifecycle; it leases
+  workers from raylets for actors, and rereads the node table and the
+  resource view (dead nodes, departed workers) whenever either moves.
 
 Inputs: ``Started`` (process start: arm the health-check timer), ``Received``
 (a protocol message from a peer), ``TimerFired``. Effects: ``Send``,
@@ -24,8 +27,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import msgspec
-
 from shoal.kernel.buggify import DISABLED, Buggify
+from shoal.kernel.gcs.actor_protocol import (
+    ActorCreated,
+    ActorCreating,
+    GetNamedActor,
+    KillActor,
+    PollActors,
+    RegisterActor,
+)
+from shoal.kernel.gcs.actor_records import ActorManagerConfig
+from shoal.kernel.gcs.actors import ACTOR_TIMER_PREFIX, ActorManager
 from shoal.kernel.gcs.kv import KV_TABLE, InternalKv, KvConfig
 from shoal.kernel.gcs.membership import NODES_TABLE, MembershipConfig, NodeDirectory
 from shoal.kernel.gcs.protocol import (
@@ -40,10 +52,27 @@ from shoal.kernel.gcs.protocol import (
     SubscribeNodes,
     UnregisterNode,
 )
-from shoal.kernel.gcs.resource_protocol import ResourceReport
+from shoal.kernel.gcs.resource_protocol import NodeResources, ResourceReport
 from shoal.kernel.gcs.resources import ClusterResources, ResourceViewConfig
 from shoal.kernel.ids import Nanos, NodeId
-from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, SetTimer, Started, TimerFired
+from shoal.kernel.messages import (
+    Address,
+    Msg,
+    Received,
+    Rejected,
+    Send,
+    SetTimer,
+    Started,
+    TimerFired,
+)
+from shoal.kernel.raylet.protocol import (
+    LeaseCheck,
+    LeasedWorkerDied,
+    LeaseGranted,
+    LeaseRejected,
+    LeaseSpillback,
+    ReturnWorkerAck,
+)
 
 GcsInput = Started | Received | TimerFired
 HEALTH_CHECK_TIMER = "gcs.health_check"
@@ -53,6 +82,24 @@ class GcsConfig(msgspec.Struct, frozen=True, kw_only=True):
     membership: MembershipConfig = msgspec.field(default_factory=MembershipConfig)
     kv: KvConfig = msgspec.field(default_factory=KvConfig)
     resources: ResourceViewConfig = msgspec.field(default_factory=ResourceViewConfig)
+    actors: ActorManagerConfig = msgspec.field(default_factory=ActorManagerConfig)
+
+
+class _ClusterFacts:
+    """The node table and resource view, as the actor manager reads them."""
+
+    def __init__(self, nodes: NodeDirectory, resources: ClusterResources) -> None:
+        self._nodes = nodes
+        self._resources = resources
+
+    def node(self, node_id: NodeId) -> NodeInfo | None:
+        return self._nodes.info(node_id)
+
+    def live_nodes(self) -> list[NodeResources]:
+        return list(self._resources.rows)
+
+    def departed(self, worker: Address) -> bool:
+        return self._resources.is_departed(worker)
 
 
 def gcs_address(node_id: NodeId) -> Address:
@@ -74,8 +121,11 @@ class Gcs:
         tables = recovered or {}
         self.nodes = NodeDirectory(self.config.membership, buggify, tables.get(NODES_TABLE))
         self.kv = InternalKv(self.config.kv, tables.get(KV_TABLE))
+        self._checks = 0
         self.resources = ClusterResources(self.config.resources)
         self.resources.sync_nodes(self.nodes.rows)
+        self.actors = ActorManager(self.config.actors, _ClusterFacts(self.nodes, self.resources),
+                                   tables)
 
     @property
     def node_table(self) -> tuple[NodeInfo, ...]:
@@ -83,10 +133,12 @@ class Gcs:
 
     def handle(self, event: GcsInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the GCS and returns the effects, in the order to run them."""
-        table_version = self.nodes.version
+        table_version, view_version = self.nodes.version, self.resources.version
         effects = self._dispatch(event, now)
         if self.nodes.version != table_version:
             self.resources.sync_nodes(self.nodes.rows)
+        if (self.nodes.version, self.resources.version) != (table_version, view_version):
+            effects += self.actors.on_cluster_changed(now)
         return effects
 
     def _dispatch(self, event: GcsInput, now: Nanos) -> list[Msg]:
@@ -98,7 +150,9 @@ class Gcs:
             case Started():
                 self.nodes.on_started(now)
                 self.resources.on_started(now)
-                return [self._arm_health_check(now)]
+                return [self._arm_health_check(now), *self.actors.on_started(now)]
+            case TimerFired(key=key) if key.startswith(ACTOR_TIMER_PREFIX):
+                return self.actors.on_timer(key, now)
             case TimerFired():
                 return []  # a timer from before a restart: stale
         return []
@@ -123,13 +177,64 @@ class Gcs:
                 return self.kv.on_request(src, msg)
             case ResourceReport():
                 return self.resources.on_report(src, msg)
+            # --- actors (issue #4) ---
+            case RegisterActor() | PollActors() | GetNamedActor() | KillActor() | ActorCreating() \
+                    | ActorCreated():
+                return self._on_actor_message(src, msg, now)
+            case LeaseGranted() | LeaseSpillback() | LeaseRejected() | LeasedWorkerDied() \
+                    | ReturnWorkerAck() | LeaseCheck():
+                return self._on_actor_lease(src, msg, now)
             case Rejected():
                 return []  # a peer refused something we sent; nothing to undo
         reason = (f"gcs: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")
         return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=reason))]
 
+    def _on_actor_message(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
+        actors = self.actors
+        match msg:
+            case RegisterActor():
+                return actors.on_register(src, msg, now)
+            case PollActors():
+                return actors.on_poll(src, msg, now)
+            case GetNamedActor():
+                return actors.on_get_named(src, msg)
+            case KillActor():
+                return actors.on_kill(src, msg, now)
+            case ActorCreating():
+                return actors.on_creating(src, msg)
+            case ActorCreated():
+                return actors.on_created(src, msg, now)
+        return []
+
+    def _on_actor_lease(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
+        """Raylets answer the leases the GCS holds for actors."""
+        actors = self.actors
+        match msg:
+            case LeaseGranted():
+                return actors.on_lease_granted(src, msg, now)
+            case LeaseSpillback():
+                return actors.on_spillback(src, msg, now)
+            case LeaseRejected():
+                return actors.on_lease_rejected(src, msg, now)
+            case LeasedWorkerDied():
+                return actors.on_worker_died(msg, now)
+            case ReturnWorkerAck():
+                return actors.on_return_ack(msg)
+            case LeaseCheck():
+                return actors.on_lease_check(src, msg, now)
+        return []
+
     def check_invariants(self) -> None:
-        """Raises ``InvariantViolation`` if the GCS's indexes disagree."""
+        """Raises ``InvariantViolation`` if the GCS's indexes disagree.
+
+        The full check walks every node, so it runs once per ``len(nodes) // 2``
+        calls: checking after every step then costs O(1) amortized, and a broken
+        index is still caught within a few steps of breaking.
+        """
+        self._checks += 1
+        if self._checks % max(1, len(self.nodes.rows_by_id) // 2):
+            return
         self.nodes.check_invariants()
         self.resources.check_invariants(self.nodes.rows)
+        self.actors.check_invariants()

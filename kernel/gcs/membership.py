@@ -156,6 +156,10 @@ class NodeDirectory:
     # --- introspection ---------------------------------------------------
 
     @property
+    def rows_by_id(self) -> dict[NodeId, _Row]:
+        return self._rows
+
+    @property
     def rows(self) -> tuple[NodeInfo, ...]:
         return tuple(row.info() for row in self._rows.values())
 

@@ -108,6 +108,10 @@ class ClusterResources:
         entry = self._entries.get(node_id)
         return entry.row() if entry else None
 
+    def is_departed(self, worker: Address) -> bool:
+        """Whether a raylet reported this worker process ended (as far back as remembered)."""
+        return worker in self._departed
+
     # --- inputs ----------------------------------------------------------
 
     def on_started(self, now: Nanos) -> None:

@@ -226,6 +226,8 @@ class LeaseManager:
         if live is not None:
             return [self._granted(live)] if live.phase is RequestPhase.GRANTED else []
         if key in self._finished:
+            if src.component == "gcs":  # actors (issue #4): the GCS leases anew on this answer
+                return [self._reject(src, msg.request_id, "the request already ended here")]
             return []  # a late retransmit of a request that ended here
         problem = self._request_problem(src, msg)
         if problem:

@@ -100,6 +100,7 @@ class WorkerPool:
         self._sweep_at: Nanos | None = None
         self._departed: list[WorkerId] = []
         self.departed_total = 0  # registered workers ever removed; the list keeps the last few
+        self.dedicated = 0  # actor workers, leased or on their way: each has a slot of its own
 
     # --- introspection ---------------------------------------------------
 
@@ -119,7 +120,7 @@ class WorkerPool:
 
     @property
     def limit(self) -> int:
-        return self.soft_limit + self.blocked_count
+        return self.soft_limit + self.blocked_count + self.dedicated
 
     def free_slots(self) -> int:
         """How many more leases workers could serve: idle, on their way, or startable."""

@@ -51,7 +51,6 @@ __all__ = [
     "wait",
 ]
 
-ACTORS_NOT_SUPPORTED = "actors are not supported yet (issue #4)"
 
 HostStarter = Callable[..., tuple[WorkerContext, Callable[[], None]]]
 """``starter(address, **init_kwargs) -> (context, stop)``: starts or joins a cluster."""
@@ -159,8 +158,8 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
             "you can wrap the ObjectRef in a list and call 'put' on it.")
     if _owner is not None:
         raise NotImplementedError(
-            f"put(_owner=...) needs actors, which are not supported yet (issue #4); "
-            f"{ACTORS_NOT_SUPPORTED}")
+            "put(_owner=...) is not supported yet: objects are owned by the process that "
+            "puts them; put the value from inside the actor that should own it instead")
     ctx = get_context()
     payload = serialize(value, what="the put value")
     ref = ObjectRef(ctx.next_object_id(), ctx.address)  # counted before it exists: context.py
@@ -294,7 +293,8 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        return False
+        """Whether this actor has been restarted (its constructor ran more than once)."""
+        return int(getattr(self._ctx, "current_actor_restarts", 0) or 0) > 0
 
     def get(self) -> dict[str, Any]:
         """The old dictionary form: job, node, and task or actor ids."""
@@ -322,7 +322,7 @@ _METHOD_OPTIONS = (
 def method(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
     """Annotates an actor method with options (``@shoal.method(num_returns=2)``).
 
-    The options are recorded on the function now; actor classes (issue #4) read them.
+    The options are recorded on the function; actor classes read them.
     """
     if args or not kwargs:
         raise TypeError(
@@ -344,13 +344,17 @@ def method(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:
-    """Kills an actor: not supported yet (issue #4)."""
-    raise NotImplementedError(f"shoal.kill(): {ACTORS_NOT_SUPPORTED}")
+    """Kills an actor (see ``actor.kill``)."""
+    from shoal.runtime.api.actor import kill as kill_actor
+
+    kill_actor(actor, no_restart=no_restart)
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:
-    """Looks up a named actor: not supported yet (issue #4)."""
-    raise NotImplementedError(f"shoal.get_actor({name!r}): {ACTORS_NOT_SUPPORTED}")
+    """A handle to the live actor named ``name`` (see ``actor.get_actor``)."""
+    from shoal.runtime.api.actor import get_actor as lookup
+
+    return lookup(name, namespace)
 
 
 # --- init / shutdown -------------------------------------------------------------

@@ -31,6 +31,15 @@ Threading contract (what a host author must know):
   ``put_object`` that creates it, from the same thread: the API builds the
   returned ``ObjectRef`` first. The host must hand the kernel the calls of one
   thread in the order they were made.
+* Actors (issue #4; ``ActorContext``, which a host's context implements
+  beside ``WorkerContext`` once it runs actors): ``create_actor``,
+  ``get_named_actor`` and ``kill_actor`` block until the GCS has answered;
+  ``submit_actor_task`` hands the call to the core worker and returns once it
+  is accepted (it raises ``PendingCallsLimitExceeded`` when the core worker
+  refuses it with ``ActorCallRefused``). The host runs the constructor and the
+  methods with ``actor.create_instance`` and ``actor.execute_method`` on
+  ``CreateActorInstance``/``ExecuteActorTask``, and sets ``current_actor_id``
+  (and ``current_actor_restarts``) in the actor's process.
 """
 
 from __future__ import annotations
@@ -40,13 +49,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
+from shoal.kernel.core_worker.actor_protocol import ActorRequestCompleted
 from shoal.kernel.core_worker.protocol import ObjectResult
+from shoal.kernel.gcs.actor_protocol import ActorSpec
 from shoal.kernel.ids import ActorId, NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address
 from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
 
 __all__ = [
     "NOT_INITIALIZED",
+    "ActorContext",
     "NotInitializedError",
     "WorkerContext",
     "bind_thread_context",
@@ -167,6 +179,38 @@ class WorkerContext(Protocol):
 
     def available_resources(self) -> dict[str, float]:
         """Resources not in use right now."""
+        ...
+
+
+@runtime_checkable
+class ActorContext(Protocol):
+    """The actor half of a host's context (issue #4), apart so a host that does not
+    run actors yet still is a ``WorkerContext``; the API then says so when asked for
+    an actor. See the module docstring for the threading contract."""
+
+    def create_actor(self, spec: ActorSpec, function: bytes,
+                     get_if_exists: bool) -> ActorRequestCompleted:
+        """Registers a new actor this process owns (``ActorCreationRequested``); blocks
+        until the GCS answered. ``created`` says it was registered; otherwise ``handle``
+        names the live actor holding its name (``get_if_exists``), or ``error`` says why
+        not. The handle ref (``handle_object_id``) was counted just before."""
+        ...
+
+    def submit_actor_task(self, actor_id: ActorId, spec: TaskSpec, max_task_retries: int,
+                          max_pending_calls: int) -> None:
+        """Submits one method call (``ActorCallSubmitted``).
+
+        Raises:
+            PendingCallsLimitExceeded: the core worker refused it (``ActorCallRefused``).
+        """
+        ...
+
+    def get_named_actor(self, name: str, namespace: str) -> ActorRequestCompleted:
+        """Looks a live named actor up at the GCS (``ActorLookupRequested``); blocks."""
+        ...
+
+    def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
+        """Asks the GCS to kill the actor (``ActorKillRequested``); blocks until it did."""
         ...
 
 

@@ -282,7 +282,17 @@ class RayActorError(RayError):
 
 
 class ActorDiedError(RayActorError):
-    """The actor is dead (it crashed, was killed, or ran out of restarts)."""
+    """The actor is dead (it crashed, was killed, or ran out of restarts).
+
+    ``cause`` is the constructor's ``RayTaskError`` when the actor died because
+    its ``__init__`` raised, else None.
+    """
+
+    def __init__(self, error_message: str = "", actor_id: str | None = None,
+                 cause: BaseException | None = None) -> None:
+        super().__init__(error_message, actor_id)
+        self.args = (error_message, actor_id, cause)
+        self.cause = cause
 
 
 class ActorUnavailableError(RayActorError):
@@ -391,6 +401,14 @@ def error_for(result: ObjectResult, owner: Address | None = None) -> BaseExcepti
             return NodeDiedError(
                 f"The node running the task that creates object {oid} died{_detail(message)}."
                 " The task is retried up to max_retries times; check that node's logs.")
+        case "actor_died":
+            return _actor_died(oid, message, error.data)
+        case "actor_unavailable":
+            return ActorUnavailableError(
+                f"The actor that was to create object {oid} cannot be reached{_detail(message)}."
+                " Retry later, or set max_task_retries to retry calls automatically.")
+        case "pending_calls_exceeded":
+            return PendingCallsLimitExceeded(message or None)  # type: ignore[arg-type]
         case "infeasible":
             return TaskUnschedulableError(
                 f"the task that creates object {oid} can never run{_detail(message)}. "
@@ -398,6 +416,22 @@ def error_for(result: ObjectResult, owner: Address | None = None) -> BaseExcepti
                 "num_gpus, memory or custom resources, or add nodes that have them.")
     return RaySystemError(
         f"object {oid} failed with an unknown error kind {error.kind!r}{_detail(message)}")
+
+
+def _actor_died(oid: str, message: str, data: bytes) -> BaseException:
+    cause: BaseException | None = None
+    if data:
+        try:
+            loaded = pickle.loads(data)
+        except Exception:  # noqa: BLE001 - the message still says what happened
+            loaded = None
+        if isinstance(loaded, RayTaskError):
+            loaded = loaded.as_instanceof_cause()  # except ValueError catches error.cause
+        cause = loaded if isinstance(loaded, BaseException) else None
+    text = message or f"The actor that was to create object {oid} died."
+    if cause is not None and isinstance(cause, RayTaskError):
+        text += "\n\n" + str(cause)
+    return ActorDiedError(text, None, cause)
 
 
 def _detail(message: str) -> str:

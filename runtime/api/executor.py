@@ -90,7 +90,7 @@ def load_function(function_id: str, function: bytes) -> Callable[..., Any]:
 
 
 def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
-            ctx: WorkerContext) -> TaskExecuted:
+            ctx: WorkerContext, *, target: Callable[..., Any] | None = None) -> TaskExecuted:
     """Runs one task's user code in the calling thread and reports its outcome.
 
     Args:
@@ -98,6 +98,8 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
         args: one payload per ``spec.args`` entry, refs already resolved.
         function: the cloudpickled function (may be empty once cached).
         ctx: the worker context user code in this task should use.
+        target: what to call instead of the function ``spec`` names (an actor's
+            bound method, or its constructor); ``function`` is then unused.
 
     Returns:
         The ``TaskExecuted`` input for the worker's core worker.
@@ -107,7 +109,7 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
     _local.spec = spec
     try:
         with collecting_refs() as rebuilt:
-            results, retryable = _run(spec, args, function)
+            results, retryable = _run(spec, args, function, target)
         borrowed = _still_held(rebuilt, ctx.address)
     finally:
         _local.spec = previous_spec
@@ -116,10 +118,10 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
                         retryable_error=retryable, borrowed=borrowed)
 
 
-def _run(spec: TaskSpec, args: tuple[Payload, ...],
-         function: bytes) -> tuple[tuple[ObjectResult, ...], bool]:
+def _run(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
+         target: Callable[..., Any] | None = None) -> tuple[tuple[ObjectResult, ...], bool]:
     try:
-        values = _split(spec, _call(spec, args, function))
+        values = _split(spec, _call(spec, args, function, target))
         results = tuple(
             ObjectResult(object_id=object_id, value=serialize(
                 value, what=f"return value {index} of task {spec.name}"))
@@ -133,8 +135,9 @@ def _run(spec: TaskSpec, args: tuple[Payload, ...],
         return _failed(spec, "task_error", message, exc), _retryable(spec, exc)
 
 
-def _call(spec: TaskSpec, args: tuple[Payload, ...], function: bytes) -> Any:
-    user_function = load_function(spec.function_id, function)
+def _call(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
+          target: Callable[..., Any] | None = None) -> Any:
+    user_function = target if target is not None else load_function(spec.function_id, function)
     values = [deserialize(payload) for payload in args]
     split = len(values) - len(spec.kwarg_names)
     kwargs = dict(zip(spec.kwarg_names, values[split:], strict=True))

@@ -7,7 +7,11 @@
 An option set to None means "use the default".
 
 The options shared with actors live in ``COMMON_OPTIONS``; actor classes add
-their own table beside ``TASK_ONLY_OPTIONS`` (issue #4).
+``ACTOR_ONLY_OPTIONS`` (``validate_actor_options``, ``resolve_actor_options``).
+Actors follow Ray's resource defaults: without ``num_cpus`` an actor needs 1
+CPU free on a node to be placed there and holds none while it lives (0 to be
+placed, too, when it asks for other resources); with ``num_cpus`` it needs and
+holds that many.
 
 Accepted but without effect (there is nothing in shoal yet that they change):
 ``max_calls`` (workers are not recycled), ``enable_task_events``, ``_metadata``,
@@ -34,11 +38,15 @@ from shoal.runtime.api.scheduling_strategies import (
 )
 
 __all__ = [
+    "ACTOR_OPTIONS",
     "COMMON_OPTIONS",
     "TASK_OPTIONS",
+    "ActorOptions",
     "TaskOptions",
     "merge_options",
+    "resolve_actor_options",
     "resolve_task_options",
+    "validate_actor_options",
     "validate_task_options",
 ]
 
@@ -281,4 +289,115 @@ def resolve_task_options(options: Mapping[str, Any]) -> TaskOptions:
         retry_exception_allowlist=allowlist,
         affinity=_affinity(options.get("scheduling_strategy")),
         name=options.get("name") or None,
+    )
+
+
+# --- actor classes (issue #4) -------------------------------------------------
+
+
+def _check_lifetime(name: str, value: str) -> str | None:
+    if value in ("detached", "non_detached"):
+        return None
+    return ("actor `lifetime` argument must be one of 'detached', 'non_detached' and "
+            f"'None', got {value!r}")
+
+
+def _check_concurrency(name: str, value: int) -> str | None:
+    return None if value >= 1 else "max_concurrency must be >= 1"
+
+
+def _check_pending(name: str, value: int) -> str | None:
+    if value == -1 or value >= 1:
+        return None
+    return "max_pending_calls must be an integer >= -1 and not 0 (-1 means no limit)"
+
+
+def _check_name(name: str, value: str) -> str | None:
+    return None if value else "Actor name cannot be an empty string."
+
+
+ACTOR_ONLY_OPTIONS: Final[dict[str, _Option]] = {
+    "concurrency_groups": _Option((dict, list, tuple)),
+    "lifetime": _Option((str,), _check_lifetime),
+    "max_concurrency": _Option((int,), _check_concurrency),
+    "max_restarts": _Option((int,), _check_count(True), 0),
+    "max_task_retries": _Option((int,), _check_count(True), 0),
+    "max_pending_calls": _Option((int,), _check_pending, -1),
+    "name": _Option((str,), _check_name),
+    "namespace": _Option((str,)),
+    "get_if_exists": _Option((bool,), default=False),
+    "allow_out_of_order_execution": _Option((bool,), default=False),
+}
+
+ACTOR_OPTIONS: Final[dict[str, _Option]] = {**COMMON_OPTIONS, **ACTOR_ONLY_OPTIONS}
+
+
+def validate_actor_options(options: Mapping[str, Any], *, in_options: bool) -> None:
+    """Checks each option given to ``@remote(...)`` on a class (or ``.options(...)``).
+
+    Raises:
+        ValueError: an unknown option, or a value out of range.
+        TypeError: a value of the wrong type.
+        NotImplementedError: an option shoal does not support yet.
+    """
+    for name, value in options.items():
+        option = ACTOR_OPTIONS.get(name)
+        if option is None:
+            raise ValueError(
+                f"Invalid option keyword {name} for actors. Valid ones are "
+                f"{list(ACTOR_OPTIONS)}.")
+        option.validate(name, value)
+    if options.get("get_if_exists") and not options.get("name") and in_options:
+        raise ValueError("The actor name must be specified to use `get_if_exists`.")
+    if options.get("concurrency_groups"):
+        raise NotImplementedError(
+            "concurrency_groups are not supported yet; use max_concurrency to let calls "
+            "run concurrently")
+    if options.get("allow_out_of_order_execution"):
+        raise NotImplementedError(
+            "allow_out_of_order_execution is not supported: calls from one caller run in "
+            "submission order")
+    _refuse_unsupported(options)
+
+
+@dataclass(frozen=True, slots=True)
+class ActorOptions:
+    """What an ``ActorSpec`` takes from an actor class's merged options."""
+
+    resources: dict[str, float]  # held for the actor's lifetime
+    placement: dict[str, float]  # needed free on a node to place it there
+    name: str
+    namespace: str | None
+    detached: bool
+    max_restarts: int
+    max_task_retries: int
+    max_concurrency: int
+    max_pending_calls: int
+    get_if_exists: bool
+    affinity: NodeAffinity | None
+
+
+def _actor_value(options: Mapping[str, Any], name: str) -> Any:
+    value = options.get(name)
+    return ACTOR_OPTIONS[name].default if value is None else value
+
+
+def resolve_actor_options(options: Mapping[str, Any]) -> ActorOptions:
+    """Turns validated, merged actor options into the fields of an ``ActorSpec``."""
+    held = task_resources({**options, "num_cpus": options.get("num_cpus") or 0})
+    placement = dict(held)
+    if options.get("num_cpus") is None and not held:
+        placement["CPU"] = 1.0  # Ray: 1 CPU to be placed, none held while it lives
+    if options.get("get_if_exists") and not options.get("name"):
+        raise ValueError("The actor name must be specified to use `get_if_exists`.")
+    return ActorOptions(
+        resources=held, placement=placement, name=options.get("name") or "",
+        namespace=options.get("namespace"),
+        detached=options.get("lifetime") == "detached",
+        max_restarts=int(_actor_value(options, "max_restarts")),
+        max_task_retries=int(_actor_value(options, "max_task_retries")),
+        max_concurrency=int(options.get("max_concurrency") or 1),
+        max_pending_calls=int(_actor_value(options, "max_pending_calls")),
+        get_if_exists=bool(options.get("get_if_exists")),
+        affinity=_affinity(options.get("scheduling_strategy")),
     )

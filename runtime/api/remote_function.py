@@ -2,7 +2,7 @@
 
 ``remote`` works both bare (``@remote``) and with options
 (``@remote(num_cpus=2)``). On a function it returns a ``RemoteFunction``; on a
-class it will return an actor class (issue #4), and refuses for now.
+class, an ``ActorClass`` (``actor.py``).
 
 ``f.remote(...)`` checks the arguments against the function's signature, then
 builds the spec: a task id from the context's counter; the function pickled
@@ -166,12 +166,22 @@ class RemoteFunction:
 
 
 def make_remote(target: Any, options: dict[str, Any]) -> Any:
-    """Wraps a function (or, later, a class) with validated ``options``."""
+    """Wraps a function (a ``RemoteFunction``) or a class (an ``ActorClass``) with
+    validated ``options``."""
     if inspect.isclass(target):
-        # TODO(#4): actor classes: validate actor options and return an ActorClass here.
-        raise NotImplementedError(
-            f"actors are not supported yet (issue #4): @remote cannot be applied to the "
-            f"class {target.__qualname__}; use remote functions for now")
+        from shoal.runtime.api.actor import ActorClass  # actor.py builds on this module
+        from shoal.runtime.api.options import validate_actor_options
+
+        async_methods = [name for name, member in inspect.getmembers(target)
+                         if inspect.iscoroutinefunction(member)
+                         or inspect.isasyncgenfunction(member)]
+        if async_methods:
+            raise NotImplementedError(
+                f"async actors are not supported yet: {target.__qualname__} has async "
+                f"methods {async_methods}; make them plain def methods (use "
+                "max_concurrency for calls that should run concurrently)")
+        validate_actor_options(options, in_options=False)
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(
             f"@remote must be applied to a function or a class, not {type(target).__name__}")
@@ -184,7 +194,7 @@ def make_remote(target: Any, options: dict[str, Any]) -> Any:
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:
-    """Defines a remote function (or, later, an actor class), as Ray's ``@ray.remote``.
+    """Defines a remote function or an actor class, as Ray's ``@ray.remote``.
 
     Usable bare, ``@remote``, or with options, ``@remote(num_cpus=2, max_retries=0)``.
 

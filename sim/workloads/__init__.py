@@ -5,7 +5,7 @@ from __future__ import annotations
 from random import Random
 from typing import Any
 
-WORKLOADS = ("membership", "tasks")
+WORKLOADS = ("membership", "tasks", "actors")
 
 
 class UnknownWorkload(ValueError):
@@ -20,5 +20,8 @@ def make_workload(name: str, rng: Random) -> Any:
     if name == "tasks":
         from shoal.sim.workloads.tasks import TasksWorkload
         return TasksWorkload(rng)
+    if name == "actors":
+        from shoal.sim.workloads.actors import ActorsWorkload
+        return ActorsWorkload(rng)
     raise UnknownWorkload(
         f"unknown workload {name!r}; choose one of: {', '.join(WORKLOADS)}")

@@ -27,6 +27,7 @@ from shoal.kernel.core_worker.protocol import (
 from shoal.kernel.gcs.protocol import SubscribeNodes
 from shoal.kernel.messages import Address, CancelTimer, Received, Send, SetTimer, Started, TimerFired
 from shoal.kernel.raylet.protocol import (
+    CancelLeaseRequest,
     LeasedWorkerDied,
     LeaseGranted,
     LeaseSpillback,
@@ -218,9 +219,13 @@ def test_cancel_of_a_queued_task_fails_it_and_of_a_pushed_task_interrupts_it() -
     core = driver()
     core.handle(TaskSubmitted(spec=spec("t1"), function=b"code"), now=0)
     effects = core.handle(CancelRequested(object_id="t1.r0"), now=0)
-    assert effects == [] and core.submitter.pending_tasks == 0
+    assert effects == [  # nothing left to run: the lease request is withdrawn
+        CancelTimer(key="lease.retry.1"),
+        Send(dst=RAYLET, msg=CancelLeaseRequest(request_id=1)),
+    ]
+    assert core.submitter.pending_tasks == 0
     core.handle(TaskSubmitted(spec=spec("t2"), function=b"code"), now=0)
-    granted(core, request_id=1)
+    granted(core, request_id=2)
     assert core.handle(CancelRequested(object_id="t2.r0", force=False), now=0) == [
         Send(dst=WORKER, msg=CancelTask(task_id="t2"))]
 

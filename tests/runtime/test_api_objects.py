@@ -263,11 +263,13 @@ def test_init_uses_a_registered_host_starter(no_ctx) -> None:
         api.set_host_starter(None)
 
 
-def test_actor_calls_say_actors_are_not_supported_yet(ctx) -> None:
-    with pytest.raises(NotImplementedError, match=r"issue #4"):
+def test_kill_and_get_actor_check_their_arguments(ctx) -> None:
+    with pytest.raises(ValueError, match=r"^shoal.kill\(\) only supported for actors"):
         shoal.kill(object())
-    with pytest.raises(NotImplementedError, match=r"get_actor\('counter'\).*issue #4"):
-        shoal.get_actor("counter")
+    with pytest.raises(ValueError, match=r"non-empty value to get_actor"):
+        shoal.get_actor("")
+    with pytest.raises(NotImplementedError, match=r"does not run actors yet"):
+        shoal.get_actor("counter")  # the fake context has no actor support
 
 
 def test_method_records_its_options() -> None:

@@ -50,11 +50,24 @@ def test_decorator_misuse_names_the_right_forms(call) -> None:
         call()
 
 
-def test_classes_are_refused_until_actors_exist() -> None:
-    with pytest.raises(NotImplementedError, match=r"actors are not supported yet \(issue #4\)"):
+def test_classes_become_actor_classes_and_async_ones_are_refused() -> None:
+    from shoal.runtime.api.actor import ActorClass
+
+    @remote(max_restarts=2)
+    class Counter:
+        def incr(self) -> int:
+            return 1
+
+    assert isinstance(Counter, ActorClass)
+    with pytest.raises(TypeError, match=r"^Actors cannot be instantiated directly"):
+        Counter()
+    with pytest.raises(ValueError, match=r"^Invalid option keyword max_retries for actors"):
+        Counter.options(max_retries=1)
+    with pytest.raises(NotImplementedError, match=r"^async actors are not supported yet"):
         @remote
-        class Counter:
-            pass
+        class Aio:
+            async def f(self) -> None:
+                pass
 
 
 def test_async_functions_are_refused() -> None:
