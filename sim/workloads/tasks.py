@@ -151,7 +151,11 @@ class TasksWorkload(ProgramWorkload):
         super().setup(sim)
 
     def on_main_finished(self) -> None:
-        pass  # keep running: the cluster must still settle (checked by done())
+        """A wrong value or an undocumented error in the program is a violation; else keep
+        running: the cluster must still settle (checked by ``done``)."""
+        error = self.thread.error if self.thread is not None else None
+        if error is not None and self._sim is not None:
+            self._sim.violation(f"the tasks program raised {type(error).__name__}: {error}")
 
     def done(self) -> bool:
         return super().done() and not self._leaks(limit=1)
