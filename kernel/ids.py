@@ -2,7 +2,7 @@
 
 Ids are strings wrapped in ``NewType`` so that the type checker keeps a node id
 from being passed where a task id is expected. Kernels never draw ids from
-``uuid4`` or the clock: they mint them from counters (``IdCounter``), so the same
+random UUIDs or the clock: they mint them from counters (``IdCounter``), so the same
 inputs always produce the same ids, which is what makes a simulation replayable.
 """
 
