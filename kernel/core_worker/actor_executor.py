@@ -44,6 +44,7 @@ from shoal.kernel.core_worker.actor_protocol import (
     ExecuteActorTask,
     PushActorTask,
 )
+from shoal.kernel.core_worker.arguments import arg_value, resolve_args
 from shoal.kernel.core_worker.objects import ObjectTable
 from shoal.kernel.core_worker.protocol import LocalObject, ObjectError, ObjectResult
 from shoal.kernel.errors import InvariantViolation
@@ -265,25 +266,9 @@ class ActorHost:
     # --- arguments -------------------------------------------------------------------
 
     def _resolve(self, run: _Run, now: Nanos) -> list[Msg]:
-        effects: list[Msg] = []
-        for index, arg in enumerate(run.spec.args):
-            given = run.resolved[index] if index < len(run.resolved) else None
-            if arg.ref is None or given is not None:
-                run.args.append(arg.value if arg.ref is None else given)
-                continue
-            run.args.append(None)
-            run.counted.append(arg.ref)
-            effects += self._objects.change_tasks(arg.ref, +1)
-            result = self._objects.result(arg.ref.object_id)
-            if result is not None and result.error is not None:
-                run.error = run.error or result.error
-                continue
-            if result is not None and self._objects.readable(arg.ref.object_id):
-                run.args[index] = _arg_value(result)
-                continue
-            run.waiting.setdefault(arg.ref.object_id, []).append(index)
-            effects += self._objects.fetch(arg.ref, now)
-            effects += self._objects.ensure_local(arg.ref.object_id)
+        resolution, effects = resolve_args(self._objects, run.spec.args, run.resolved, now)
+        run.args, run.waiting, run.counted = resolution.args, resolution.waiting, resolution.counted
+        run.error = run.error or resolution.error
         return effects
 
     def on_object_done(self, object_id: ObjectId) -> list[Msg]:
@@ -301,7 +286,7 @@ class ActorHost:
             if result.error is not None:
                 run.error = run.error or result.error
             for index in indexes:
-                run.args[index] = _arg_value(result)
+                run.args[index] = arg_value(result)
         return self._maybe_construct() + self._start_ready()
 
     def _release(self, run: _Run) -> list[Msg]:
@@ -320,14 +305,6 @@ class ActorHost:
             raise InvariantViolation(
                 f"core_worker actor host: {len(self._running)} calls run at once, above "
                 f"max_concurrency={limit}")
-
-
-def _arg_value(result: ObjectResult) -> Payload | LocalObject | None:
-    """An argument for the host: inline bytes, or a pointer into this node's store."""
-    if getattr(result, "stored", False):
-        contained = result.value.contained if result.value is not None else ()
-        return LocalObject(object_id=result.object_id, contained=contained)
-    return result.value
 
 
 def _args(run: _Run) -> tuple[Payload | LocalObject, ...]:

@@ -22,6 +22,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
+from shoal.kernel.core_worker.arguments import arg_value, resolve_args
 from shoal.kernel.core_worker.objects import ObjectTable
 from shoal.kernel.core_worker.protocol import (
     CancelTask,
@@ -103,24 +104,10 @@ class Executor:
         push, owner = self._queue.popleft()
         run = _Execution(push=push, owner=owner)
         self._current = run
-        effects: list[Msg] = []
-        for index, arg in enumerate(push.spec.args):
-            resolved = push.resolved[index] if index < len(push.resolved) else None
-            if arg.ref is None or resolved is not None:
-                run.args.append(arg.value if arg.ref is None else resolved)
-                continue
-            run.args.append(None)
-            run.counted.append(arg.ref)
-            effects += self._objects.change_tasks(arg.ref, +1)
-            result = self._objects.result(arg.ref.object_id)
-            if result is not None and result.error is not None:
-                return effects + self._fail(run, result.error)
-            if result is not None and self._objects.readable(arg.ref.object_id):
-                run.args[index] = _arg_value(result)
-                continue
-            run.waiting.setdefault(arg.ref.object_id, []).append(index)
-            effects += self._objects.fetch(arg.ref, now)
-            effects += self._objects.ensure_local(arg.ref.object_id)
+        resolution, effects = resolve_args(self._objects, push.spec.args, push.resolved, now)
+        run.args, run.waiting, run.counted = resolution.args, resolution.waiting, resolution.counted
+        if resolution.error is not None:
+            return effects + self._fail(run, resolution.error)
         return effects + self._maybe_run(run)
 
     def on_object_done(self, object_id: ObjectId) -> list[Msg]:
@@ -135,7 +122,7 @@ class Executor:
         if not self._objects.readable(object_id):
             return self._objects.ensure_local(object_id)
         for index in run.waiting.pop(object_id):
-            run.args[index] = _arg_value(result)
+            run.args[index] = arg_value(result)
         return self._maybe_run(run)
 
     def _maybe_run(self, run: _Execution) -> list[Msg]:
@@ -209,10 +196,3 @@ def _cancelled(spec: TaskSpec) -> ObjectError:
         f"task {spec.name} ({spec.task_id}) was cancelled before it finished; "
         "its results will never be available"))
 
-
-def _arg_value(result: ObjectResult) -> Payload | LocalObject | None:
-    """An argument for the host: inline bytes, or a pointer into this node's store."""
-    if result.stored:
-        contained = result.value.contained if result.value is not None else ()
-        return LocalObject(object_id=result.object_id, contained=contained)
-    return result.value
