@@ -324,17 +324,14 @@ def _find_session(address: str, temp_dir: str | None) -> str:
 def _connect_driver(socket_path: str, token: str, node_id: str,
                     namespace: str | None) -> tuple[Any, Any]:
     from shoal.runtime.driver import CoreWorkerRuntime, ProdWorkerContext
-    from shoal.runtime.kernel_host import UnhandledEffect, private_logger
+    from shoal.runtime.kernel_host import private_logger
 
     address = Address(node=NodeId(node_id), component="driver", worker=f"p{os.getpid()}")
     holder: list[ProdWorkerContext] = []
 
     def on_effect(effect: Msg) -> None:
-        if not holder:
-            return
-        if type(effect).__name__ not in ("GetCompleted", "WaitCompleted", "CallCompleted"):
-            raise UnhandledEffect(f"driver: no handler for {type(effect).__name__}")
-        holder[0].complete(effect)
+        if holder:
+            holder[0].on_caller_effect(effect)  # raises UnhandledEffect for others
 
     def on_lost(reason: str) -> None:
         if holder:

@@ -33,8 +33,15 @@ threads (``runtime/api/context.py`` has the threading contract):
   shared-memory store before ``ObjectPut(stored=True)`` reaches the kernel, and
   ``get_objects`` reads stored results from it zero-copy, in the calling thread.
 
-A worker's task thread can be interrupted (``InterruptTask``): the error is
-raised at its current or next blocking call, as in the simulator.
+Tasks run by a worker are tracked per thread (``begin_task``/``end_task``):
+``current_task`` is the calling thread's, so each thread of a threaded actor
+sees its own call. A running task can be interrupted (``InterruptTask``,
+``interrupt_task``): the error is raised in its thread at its current or next
+blocking call, as in the simulator.
+
+Actors: the ``ActorContext`` methods are in the ``ProdActorContext`` mixin
+(``runtime/actor_context.py``); ``on_caller_effect`` carries out the effects a
+driver and a worker share (answers to blocking calls, refused actor calls).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 from shoal.kernel.core_worker import CoreWorker
+from shoal.kernel.core_worker.actor_protocol import ActorCallRefused, ActorRequestCompleted
 from shoal.kernel.core_worker.protocol import (
     CancelRequested,
     GetCompleted,
@@ -67,8 +75,9 @@ from shoal.kernel.ids import ActorId, NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, Msg, Received, Started
 from shoal.kernel.task_spec import INLINE_BYTES_MAX, ObjectRefInfo, Payload, TaskSpec
 from shoal.kernel.wire import Envelope
+from shoal.runtime.actor_context import ProdActorContext
 from shoal.runtime.api.exceptions import RaySystemError
-from shoal.runtime.kernel_host import KernelLoop
+from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect
 from shoal.runtime.local_transport import (
     Connection,
     HelloReply,
@@ -262,16 +271,17 @@ def _timeout_ns(timeout_s: float | None) -> int | None:
     return None if timeout_s is None else max(0, int(timeout_s * 1e9))
 
 
-class ProdWorkerContext:
-    """The ``WorkerContext`` of a driver or worker process (see the module docstring)."""
+class ProdWorkerContext(ProdActorContext):
+    """The ``WorkerContext`` (and ``ActorContext``) of a driver or worker process (see the
+    module docstring)."""
 
     def __init__(self, runtime: CoreWorkerRuntime, *, job_id: str) -> None:
         self._runtime = runtime
         self.address = runtime.address
         self.node_id = NodeId(runtime.address.node)
         self.job_id = job_id
-        self.current_task: TaskSpec | None = None
         self.current_actor_id: ActorId | None = None
+        self.current_actor_restarts = 0
         who = runtime.address.worker or runtime.address.component
         self._prefix = f"{runtime.address.node}.{who}.{os.getpid():x}{secrets.token_hex(2)}"
         self._task_ids = itertools.count(1)
@@ -281,16 +291,35 @@ class ProdWorkerContext:
         self._refs: deque[tuple[ObjectRefInfo, int]] = deque()
         self._waiters: dict[int, _Waiter] = {}
         self._lost = ""
-        self.task_thread: int | None = None  # a worker's task thread, for interrupts
-        self._blocked: _Waiter | None = None  # the waiter the task thread blocks on
-        self._interrupt: BaseException | None = None
+        self._running: dict[int, TaskSpec] = {}  # thread ident -> the task it runs (workers)
+        self._blocked: dict[int, _Waiter] = {}  # task threads blocked in a call, by ident
+        self._interrupts: dict[int, BaseException] = {}  # to raise in a task thread, by ident
+        self._refused: dict[TaskId, str] = {}  # actor calls refused as submitted
         self._objects: ProcessObjects | None = None
         runtime.periodic.append(self.flush_refs)
         runtime.periodic.append(self._flush_objects)
 
     @property
+    def current_task(self) -> TaskSpec | None:
+        """The task the calling thread runs; None outside tasks (a driver, an idle thread)."""
+        return self._running.get(threading.get_ident())
+
+    @property
     def current_task_id(self) -> TaskId | None:
-        return self.current_task.task_id if self.current_task else None
+        spec = self._running.get(threading.get_ident())
+        return spec.task_id if spec is not None else None
+
+    def begin_task(self, spec: TaskSpec) -> None:
+        """The calling thread starts running ``spec``: it can be interrupted until ``end_task``."""
+        with self._lock:
+            self._running[threading.get_ident()] = spec
+
+    def end_task(self) -> None:
+        """The calling thread's task ended; an interrupt it did not raise is dropped."""
+        ident = threading.get_ident()
+        with self._lock:
+            self._running.pop(ident, None)
+            self._interrupts.pop(ident, None)
 
     # --- the node's object store ---------------------------------------------------
 
@@ -408,22 +437,25 @@ class ProdWorkerContext:
         return waiter
 
     def _block(self, waiter: _Waiter) -> Any:
-        on_task_thread = threading.get_ident() == self.task_thread
+        ident = threading.get_ident()
+        on_task_thread = ident in self._running
         try:
             if on_task_thread:
                 with self._lock:
-                    self._blocked = waiter
-                    if self._interrupt is not None:
-                        waiter.resolve(error=self._interrupt)
+                    self._blocked[ident] = waiter
+                    interrupt = self._interrupts.get(ident)
+                    if interrupt is not None:
+                        waiter.resolve(error=interrupt)
             waiter.event.wait()
         finally:
             with self._lock:
                 self._waiters.pop(waiter.call_id, None)
                 if on_task_thread:
-                    self._blocked = None
+                    self._blocked.pop(ident, None)
         if waiter.error is not None:
-            if waiter.error is self._interrupt:
-                self._interrupt = None
+            if on_task_thread and waiter.error is self._interrupts.get(ident):
+                with self._lock:
+                    self._interrupts.pop(ident, None)  # raised once
             raise waiter.error
         return waiter.value
 
@@ -442,17 +474,38 @@ class ProdWorkerContext:
                 waiter.resolve(error=ValueError(effect.error))
             case CallCompleted():
                 waiter.resolve(effect.value)
+            case ActorRequestCompleted():
+                waiter.resolve(effect)
 
-    def interrupt(self, error: BaseException) -> None:
-        """Raises ``error`` in the task thread at its current or next blocking call."""
-        with self._lock:
-            self._interrupt = error
-            if self._blocked is not None:
-                self._blocked.resolve(error=error)
+    def on_caller_effect(self, effect: Msg) -> None:
+        """Carries out a host effect that any process's core worker may emit (the answer
+        to a blocking call, a refused actor call). Trio thread.
 
-    def clear_interrupt(self) -> None:
+        Raises:
+            UnhandledEffect: not such an effect (a bug in the host).
+        """
+        match effect:
+            case GetCompleted() | WaitCompleted() | CallCompleted() | ActorRequestCompleted():
+                self.complete(effect)
+            case ActorCallRefused():
+                self.on_call_refused(effect)
+            case _:
+                raise UnhandledEffect(f"{self.address}: no handler for "
+                                      f"{type(effect).__name__} effects")
+
+    def interrupt_task(self, task_id: TaskId, error: BaseException) -> bool:
+        """Raises ``error`` in the thread running ``task_id``, at its current or next
+        blocking call; False if no thread runs it. Any thread."""
         with self._lock:
-            self._interrupt = None
+            ident = next((i for i, spec in self._running.items() if spec.task_id == task_id),
+                         None)
+            if ident is None:
+                return False
+            self._interrupts[ident] = error
+            waiter = self._blocked.get(ident)
+        if waiter is not None:
+            waiter.resolve(error=error)
+        return True
 
     def lost(self, reason: str) -> None:
         """The daemon is gone: every blocked and later call fails with ``reason``."""

@@ -4,10 +4,17 @@ Theory of operation
 -------------------
 Two threads. The background thread runs the worker's ``CoreWorker`` on trio
 (``runtime/driver.py``'s ``CoreWorkerRuntime``), connected to the daemon's
-socket. The MAIN thread runs user code, never the trio thread: it takes
-``ExecuteTask`` effects from a queue, one at a time, runs them through the
-API layer's ``executor.execute`` and hands the ``TaskExecuted`` back to the
-kernel (one crossing into trio per task, batched with any ref changes).
+socket. The MAIN thread runs user code, never the trio thread: it takes jobs
+from a queue, one at a time. An ``ExecuteTask`` effect becomes a job that runs
+the task through the API layer's ``executor.execute`` and hands the
+``TaskExecuted`` back to the kernel (one crossing into trio per task, batched
+with any ref changes).
+
+Actors (``runtime/actor_worker.py``): ``CreateActorInstance`` runs the
+constructor as a main-thread job; ``ExecuteActorTask`` runs a call on the main
+thread, or on the actor's thread pool for ``max_concurrency > 1``. The actor's
+worker is never reused: killing the actor ends the process (the GCS gives its
+lease back as failed and the raylet kills it).
 
 Objects (``runtime/process_objects.py``): ``LocalObject`` arguments are read
 from the node's shared-memory store zero-copy before the task runs, and return
@@ -15,8 +22,8 @@ values above the inline limit (written into the store as they are serialized)
 are sealed there as primary copies; the kernel gets them as
 ``ObjectResult(stored=True, locations=(node,), size)``.
 
-``InterruptTask`` raises ``TaskCancelledError`` in the running task at its
-current or next blocking call (``get``/``wait``); with ``force`` the process
+``InterruptTask`` raises ``TaskCancelledError`` in the thread running the task
+at its current or next blocking call (``get``/``wait``); with ``force`` the process
 exits at once, and its raylet reports it dead to the task's owner.
 
 The worker dies with its daemon: ``PR_SET_PDEATHSIG`` (SIGKILL) and, should
@@ -35,20 +42,18 @@ import os
 import queue
 import signal
 import sys
-import threading
+from collections.abc import Callable
 
 import msgspec
 import structlog
+from shoal.kernel.core_worker.actor_protocol import CreateActorInstance, ExecuteActorTask
 from shoal.kernel.core_worker.protocol import (
     ExecuteTask,
-    GetCompleted,
     InterruptTask,
     ObjectError,
     ObjectResult,
     TaskExecuted,
-    WaitCompleted,
 )
-from shoal.kernel.gcs_client import CallCompleted
 from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg
 from shoal.runtime.api.context import set_global_context
@@ -58,9 +63,10 @@ from shoal.runtime.api.exceptions import (
     RaySystemError,
     TaskCancelledError,
 )
+from shoal.runtime.actor_worker import ActorRunner
 from shoal.runtime.api.executor import execute
 from shoal.runtime.driver import CoreWorkerRuntime, ProdWorkerContext
-from shoal.runtime.kernel_host import UnhandledEffect, configure_logging
+from shoal.runtime.kernel_host import configure_logging
 from shoal.runtime.processes import set_parent_death_signal
 
 DRIVER_SYS_PATH_ENV = "SHOAL_DRIVER_SYS_PATH"
@@ -71,25 +77,28 @@ class WorkerHost:
 
     def __init__(self, *, socket_path: str, token: str, address: Address) -> None:
         self.address = address
-        self._tasks: queue.SimpleQueue[ExecuteTask | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._log = structlog.get_logger("shoal.runtime.worker").bind(address=str(address))
         self.runtime = CoreWorkerRuntime(socket_path=socket_path, token=token, address=address,
                                          on_effect=self._on_effect, on_lost=self._on_lost)
         self.ctx = ProdWorkerContext(self.runtime, job_id="")
+        self.actor = ActorRunner(self.ctx, self._jobs.put)
 
     def run(self) -> int:
-        """Connects, then runs tasks on the calling (main) thread until told to stop."""
+        """Connects, then runs jobs on the calling (main) thread until told to stop."""
         self.runtime.start()
         set_global_context(self.ctx)
-        self.ctx.task_thread = threading.get_ident()
-        while (item := self._tasks.get()) is not None:
-            self._execute(item)
+        try:
+            while (job := self._jobs.get()) is not None:
+                job()
+        finally:
+            self.actor.shutdown()
         self.runtime.stop()
         return 0
 
     def _execute(self, item: ExecuteTask) -> None:
         ctx = self.ctx
-        ctx.current_task = item.spec
+        ctx.begin_task(item.spec)
         ctx.job_id = item.spec.job_id
         try:
             try:
@@ -102,8 +111,7 @@ class WorkerHost:
                 executed = msgspec.structs.replace(executed, results=tuple(
                     ctx.objects.store_result(r, item.spec) for r in executed.results))
         finally:
-            ctx.current_task = None
-            ctx.clear_interrupt()
+            ctx.end_task()
         ctx.post_input(executed)
 
     # --- the trio thread -------------------------------------------------------
@@ -111,19 +119,19 @@ class WorkerHost:
     def _on_effect(self, effect: Msg) -> None:
         match effect:
             case ExecuteTask():
-                self._tasks.put(effect)
+                self._jobs.put(lambda: self._execute(effect))
+            case CreateActorInstance():
+                self.actor.on_create(effect)
+            case ExecuteActorTask():
+                self.actor.on_execute(effect)
             case InterruptTask(force=True):
                 self._log.warning("worker.force_cancelled", task=effect.task_id)
                 os._exit(1)
             case InterruptTask():
-                current = self.ctx.current_task
-                if current is not None and current.task_id == effect.task_id:
-                    self.ctx.interrupt(TaskCancelledError(
-                        effect.task_id, f"task {effect.task_id} was cancelled while it ran"))
-            case GetCompleted() | WaitCompleted() | CallCompleted():
-                self.ctx.complete(effect)
+                self.ctx.interrupt_task(effect.task_id, TaskCancelledError(
+                    effect.task_id, f"task {effect.task_id} was cancelled while it ran"))
             case _:
-                raise UnhandledEffect(f"worker: no handler for {type(effect).__name__}")
+                self.ctx.on_caller_effect(effect)  # answers to calls, refused actor calls
 
     def _on_lost(self, reason: str) -> None:
         self._log.warning("worker.daemon_lost", reason=reason)

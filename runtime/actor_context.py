@@ -1,0 +1,115 @@
+"""The actor half of the production ``WorkerContext``: creating, calling, finding, killing actors.
+
+Theory of operation
+-------------------
+``ProdActorContext`` is a mixin of ``ProdWorkerContext`` (``runtime/driver.py``)
+implementing the API's ``ActorContext`` (``runtime/api/context.py``). It uses
+the context's plumbing: ``_post`` (hand an input to the core worker, after the
+pending ref changes), ``_new_waiter``/``_block`` (wait on a ``threading.Event``
+that the trio thread sets when the kernel answers) and ``_lock``.
+
+* ``create_actor``, ``get_named_actor`` and ``kill_actor`` send one request to
+  the core worker with a fresh ``call_id`` and block until the kernel emits
+  ``ActorRequestCompleted`` for it (the GCS answered).
+* ``submit_actor_task`` is fire and forget when the handle sets no
+  ``max_pending_calls`` (Ray's default): the common path costs one post. With a
+  limit, the kernel may refuse the call with ``ActorCallRefused``, emitted while
+  it handles the ``ActorCallSubmitted``. The host must see that refusal before
+  ``submit_actor_task`` returns, so it posts, right behind the submission, a
+  ``GetRequested`` of no refs: the kernel handles one thread's inputs in order
+  and answers a get of nothing at once, and the trio thread carries out one
+  input's effects in order; so when that get is answered, the refusal (if any)
+  has already been recorded in ``_refused``.
+
+In the process that hosts an actor, ``current_actor_id`` and
+``current_actor_restarts`` are set by the actor's host (``runtime/actor_worker.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from shoal.kernel.core_worker.actor_protocol import (
+    ActorCallRefused,
+    ActorCallSubmitted,
+    ActorCreationRequested,
+    ActorKillRequested,
+    ActorLookupRequested,
+    ActorRequestCompleted,
+)
+from shoal.kernel.core_worker.protocol import GetRequested
+from shoal.kernel.gcs.actor_protocol import ActorSpec
+from shoal.kernel.ids import ActorId, TaskId
+from shoal.kernel.messages import Msg
+from shoal.kernel.task_spec import TaskSpec
+from shoal.runtime.api.exceptions import PendingCallsLimitExceeded
+
+if TYPE_CHECKING:
+    from shoal.runtime.driver import _Waiter
+
+
+class ProdActorContext:
+    """The ``ActorContext`` methods of ``ProdWorkerContext`` (see the module docstring)."""
+
+    current_actor_id: ActorId | None = None
+    current_actor_restarts: int = 0
+    _lock: threading.Lock
+    _refused: dict[TaskId, str]
+
+    if TYPE_CHECKING:  # provided by ProdWorkerContext
+        def _post(self, event: Msg | None) -> None: ...
+        def _new_waiter(self) -> _Waiter: ...
+        def _block(self, waiter: _Waiter) -> Any: ...
+        def _check_alive(self) -> None: ...
+
+    def create_actor(self, spec: ActorSpec, function: bytes,
+                     get_if_exists: bool) -> ActorRequestCompleted:
+        """Registers a new actor this process owns; blocks until the GCS answered."""
+        waiter = self._new_waiter()
+        self._post(ActorCreationRequested(call_id=waiter.call_id, spec=spec, function=function,
+                                          get_if_exists=get_if_exists))
+        done: ActorRequestCompleted = self._block(waiter)
+        return done
+
+    def submit_actor_task(self, actor_id: ActorId, spec: TaskSpec, max_task_retries: int,
+                          max_pending_calls: int) -> None:
+        """Submits one method call; fire and forget unless the handle limits pending calls.
+
+        Raises:
+            PendingCallsLimitExceeded: the core worker refused the call (``ActorCallRefused``).
+        """
+        self._check_alive()
+        submitted = ActorCallSubmitted(actor_id=actor_id, spec=spec,
+                                       max_task_retries=max_task_retries,
+                                       max_pending_calls=max_pending_calls)
+        if max_pending_calls <= 0:
+            self._post(submitted)  # the kernel never refuses a call without a limit
+            return
+        waiter = self._new_waiter()
+        self._post(submitted)
+        self._post(GetRequested(call_id=waiter.call_id, refs=(), timeout_ns=None))
+        self._block(waiter)  # answered after the submission was handled (module docstring)
+        with self._lock:
+            message = self._refused.pop(spec.task_id, None)
+        if message is not None:
+            raise PendingCallsLimitExceeded(message)
+
+    def get_named_actor(self, name: str, namespace: str) -> ActorRequestCompleted:
+        """Looks a live named actor up at the GCS; blocks until it answered."""
+        waiter = self._new_waiter()
+        self._post(ActorLookupRequested(call_id=waiter.call_id, name=name, namespace=namespace))
+        done: ActorRequestCompleted = self._block(waiter)
+        return done
+
+    def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
+        """Asks the GCS to kill the actor; blocks until it did."""
+        waiter = self._new_waiter()
+        self._post(ActorKillRequested(call_id=waiter.call_id, actor_id=actor_id,
+                                      no_restart=no_restart))
+        self._block(waiter)
+
+    def on_call_refused(self, effect: ActorCallRefused) -> None:
+        """The kernel refused a call as it was submitted: remember why. Trio thread."""
+        with self._lock:
+            self._refused[effect.task_id] = effect.message
