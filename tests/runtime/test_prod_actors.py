@@ -1,0 +1,248 @@
+"""Actors on the production host: real node daemon, real worker processes, real sockets.
+
+One local cluster serves the module (its teardown checks that nothing is left:
+no process it spawned, no session directory, no ``/dev/shm`` file). Each test
+makes its own actors; tests that kill workers only kill their own actor's.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import psutil
+import pytest
+from shoal.runtime.api.context import get_context
+from shoal.runtime.api.exceptions import PendingCallsLimitExceeded, RayActorError
+
+import shoal
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+MIB = 1 << 20
+PROCESS_GONE_S = 10.0  # a bound on waiting for a killed process, not a timing assertion
+
+
+def _session_dir() -> str:
+    return os.path.dirname(get_context()._runtime.socket_path)  # type: ignore[attr-defined]
+
+
+def _our_processes(besides: set[int] | None = None) -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in (besides or ())]
+
+
+def _shm_files(session_dir: str) -> list[str]:
+    name = os.path.basename(os.path.normpath(session_dir))
+    return glob.glob(f"/dev/shm/shoal-{glob.escape(name)}*")
+
+
+def _gone(pid: int) -> bool:
+    """Waits (boundedly) until process ``pid`` no longer runs; True if it is gone."""
+    deadline = time.monotonic() + PROCESS_GONE_S
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """One 2-CPU local cluster for the module, checked clean at the end."""
+    before = {p.pid for p in _our_processes()}
+    shoal.init(num_cpus=2)
+    session_dir = _session_dir()
+    try:
+        yield
+    finally:
+        spawned = _our_processes(before)
+        shoal.shutdown()
+        _, alive = psutil.wait_procs(spawned, timeout=5)
+        assert not alive, f"processes left behind: {[p.pid for p in alive]}"
+        assert not os.path.exists(session_dir), f"session directory left behind: {session_dir}"
+        assert not _shm_files(session_dir), "shared-memory files left behind"
+
+
+# --- the program's actors -----------------------------------------------------------------
+
+
+@shoal.remote
+class Counter:
+    def __init__(self, start: int = 0) -> None:
+        self.value = start
+
+    def inc(self, by: int = 1) -> int:
+        self.value += by
+        return self.value
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def echo(self, value: Any) -> Any:
+        return value
+
+    def identity(self) -> tuple[str | None, str | None, bool]:
+        context = shoal.get_runtime_context()
+        return (context.get_actor_id(), context.get_task_id(),
+                context.was_current_actor_reconstructed)
+
+
+@shoal.remote
+class Broken:
+    def __init__(self) -> None:
+        raise KeyError("no config")
+
+    def call(self) -> int:
+        return 1
+
+
+@shoal.remote(max_concurrency=4)
+class Meeting:
+    """Four calls can only all return if they run at the same time."""
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(4)
+
+    def meet(self) -> str | None:
+        self.barrier.wait(timeout=20)
+        return shoal.get_runtime_context().get_task_id()
+
+
+@shoal.remote(max_concurrency=2)
+class Gate:
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+
+    def wait(self) -> str:
+        self.opened.wait(timeout=30)
+        return "open"
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+@shoal.remote
+class Arrays:
+    def __init__(self, base: np.ndarray) -> None:
+        self.base = base
+
+    def make(self, n_bytes: int) -> np.ndarray:
+        return np.full(n_bytes // 8, 7, dtype=np.int64)
+
+    def total(self, array: np.ndarray) -> int:
+        return int(array.sum() + self.base.sum())
+
+
+@shoal.remote
+def add_through(counter: Any, by: int) -> int:
+    return int(shoal.get(counter.inc.remote(by)))
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+def test_calls_from_the_driver_run_in_order(cluster: None) -> None:
+    counter = Counter.remote(10)
+    refs = [counter.inc.remote() for _ in range(50)]
+    assert shoal.get(refs) == list(range(11, 61))
+    actor_id, task_id, restarted = shoal.get(counter.identity.remote())
+    assert actor_id == counter._actor_id
+    assert task_id is not None and task_id != actor_id
+    assert restarted is False
+    assert shoal.get_runtime_context().get_actor_id() is None  # the driver is no actor
+
+
+def test_a_handle_passed_to_a_task_calls_the_actor(cluster: None) -> None:
+    counter = Counter.remote()
+    assert shoal.get(add_through.remote(counter, 5)) == 5
+    assert shoal.get(counter.inc.remote()) == 6
+
+
+def test_named_actor_found_by_get_actor_and_get_if_exists(cluster: None) -> None:
+    counter = Counter.options(name="prod-counter").remote(100)
+    found = shoal.get_actor("prod-counter")
+    assert shoal.get(found.inc.remote()) == 101
+    again = Counter.options(name="prod-counter", get_if_exists=True).remote()
+    assert shoal.get(again.inc.remote()) == 102
+    with pytest.raises(ValueError, match="already taken"):
+        Counter.options(name="prod-counter").remote()
+    with pytest.raises(ValueError, match="no live actor"):
+        shoal.get_actor("no-such-counter")
+    shoal.kill(counter)
+    with pytest.raises(ValueError, match="no live actor"):
+        shoal.get_actor("prod-counter")
+
+
+def test_kill_ends_the_worker_and_later_calls_raise(cluster: None) -> None:
+    counter = Counter.remote()
+    pid = shoal.get(counter.pid.remote())
+    shoal.kill(counter)
+    with pytest.raises(RayActorError):
+        shoal.get(counter.inc.remote())
+    assert _gone(pid), f"the killed actor's worker process {pid} still runs"
+
+
+def test_an_actor_restarts_after_its_worker_process_is_killed(cluster: None) -> None:
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote(5)
+    assert shoal.get([counter.inc.remote() for _ in range(3)]) == [6, 7, 8]
+    first_pid = shoal.get(counter.pid.remote())
+    os.kill(first_pid, signal.SIGKILL)
+    assert _gone(first_pid)
+    assert shoal.get(counter.inc.remote()) == 6  # a fresh instance, from its constructor
+    assert shoal.get(counter.pid.remote()) != first_pid
+    assert shoal.get(counter.identity.remote())[2] is True  # was_current_actor_reconstructed
+    second_pid = shoal.get(counter.pid.remote())
+    os.kill(second_pid, signal.SIGKILL)  # no restarts left: the actor dies
+    with pytest.raises(RayActorError):
+        shoal.get(counter.inc.remote())
+
+
+def test_a_constructor_that_raises_fails_every_call(cluster: None) -> None:
+    broken = Broken.remote()
+    for _ in range(2):
+        with pytest.raises(RayActorError, match="no config"):
+            shoal.get(broken.call.remote())
+
+
+def test_a_threaded_actor_runs_its_calls_at_once(cluster: None) -> None:
+    meeting = Meeting.remote()
+    refs = [meeting.meet.remote() for _ in range(4)]
+    task_ids = shoal.get(refs, timeout=30)
+    assert len(set(task_ids)) == 4, f"each call sees its own task id: {task_ids}"
+    assert None not in task_ids
+
+
+def test_large_values_in_and_out_of_an_actor(cluster: None) -> None:
+    base = np.ones(MIB // 8, dtype=np.int64)  # a stored constructor argument
+    arrays = Arrays.remote(base)
+    made = shoal.get(arrays.make.remote(MIB))
+    assert made.nbytes == MIB and int(made[0]) == 7 and int(made[-1]) == 7
+    assert not made.flags.writeable  # read from the store, zero-copy
+    big = np.arange(2 * MIB // 8, dtype=np.int64)
+    assert shoal.get(arrays.total.remote(big)) == int(big.sum()) + MIB // 8
+    assert shoal.get(arrays.total.remote(shoal.put(big))) == int(big.sum()) + MIB // 8
+
+
+def test_max_pending_calls_refuses_the_call_past_the_limit(cluster: None) -> None:
+    gate = Gate.remote()
+    opened = gate.wait.remote()  # not ready until the gate opens
+    counter = Counter.options(max_pending_calls=2).remote()
+    pending = [counter.echo.remote(opened) for _ in range(2)]  # wait for their argument
+    with pytest.raises(PendingCallsLimitExceeded, match="max_pending_calls=2"):
+        counter.echo.remote("third")
+    gate.open.remote()
+    assert shoal.get(pending) == ["open", "open"]
+    assert shoal.get(counter.echo.remote("room again")) == "room again"
