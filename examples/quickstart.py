@@ -41,6 +41,24 @@ def divide(a: float, b: float) -> float:
     return a / b
 
 
+@ray.remote
+class Counter:
+    """An actor: a worker process that keeps this object's state between calls."""
+
+    def __init__(self, start: int) -> None:
+        self.value = start
+
+    def add(self, amount: int) -> int:
+        self.value += amount
+        return self.value
+
+
+@ray.remote
+def add_to(counter: Counter, amount: int) -> int:
+    # Actor handles can be passed to tasks, which call the same actor.
+    return ray.get(counter.add.remote(amount))
+
+
 def main() -> None:
     started = time.perf_counter()
     ray.init()
@@ -57,6 +75,10 @@ def main() -> None:
 
     ready, not_ready = ray.wait(refs, num_returns=5)
     print(f"wait: {len(ready)} ready, {len(not_ready)} not yet")
+
+    counter = Counter.remote(100)
+    in_order = ray.get([counter.add.remote(1) for _ in range(5)])  # one caller: in order
+    print("actor calls:", in_order, "then from a task:", ray.get(add_to.remote(counter, 10)))
 
     try:
         ray.get(divide.remote(1, 0))
