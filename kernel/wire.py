@@ -31,6 +31,7 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     raylet.LeasedWorkerDied, raylet.RegisterWorker, raylet.WorkerBlocked, raylet.WorkerUnblocked,
     raylet.LeaseCheck, raylet.LeaseCheckReply,
     objects.PinObject, objects.PullObject, objects.ObjectLocal, objects.ObjectLocationAdded,
+    objects.ObjectLocationRemoved,
     objects.ObjectUnavailable, objects.FreeObjects, objects.RequestObject, objects.ObjectChunk,
     objects.ObjectMissing,
     core.PushTask, core.TaskRunning, core.TaskDone, core.CancelTask, core.GetObject,

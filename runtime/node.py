@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 from shoal.kernel.gcs import Gcs, gcs_address
-from shoal.kernel.ids import NodeId, WorkerId
+from shoal.kernel.ids import NodeId, ObjectId, WorkerId
 from shoal.kernel.messages import Address, Msg, Received, Started
 from shoal.kernel.raylet import MemberPhase, Raylet, RayletConfig
 from shoal.kernel.raylet.object_protocol import (
@@ -76,9 +76,11 @@ from shoal.kernel.raylet.object_protocol import (
     WriteObjectChunk,
 )
 from shoal.kernel.raylet.objects import ObjectsConfig
+from shoal.kernel.raylet.object_protocol import ObjectEvicted
 from shoal.kernel.raylet.protocol import KillWorker, StartWorker, WorkerExited
 from shoal.kernel.wire import Envelope
 from shoal.runtime import node_status
+from shoal.runtime.direct_link import direct_socket_path
 from shoal.runtime.gcs_store import FileStore
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect, configure_logging
 from shoal.runtime.local_transport import Connection, HelloReply, LocalServer
@@ -157,6 +159,7 @@ class NodeDaemon:
         self.objects = NodeObjects(opts.session_dir, opts.node_id, opts.object_store_memory,
                                    token, self.route, self._log, backlog=self._backlog,
                                    spawn=nursery.start_soon)
+        self.objects.store.on_evicted = self._on_object_evicted
         welcome = HelloReply(ok=True, node_id=opts.node_id, raylet=self.raylet_address,
                              gcs=self.gcs_address, session_dir=opts.session_dir,
                              store_socket=self.objects.socket_path)
@@ -164,6 +167,11 @@ class NodeDaemon:
                                   on_batch=self._on_local_batch, on_connect=self._on_connect,
                                   on_disconnect=self._on_disconnect,
                                   on_status=lambda: node_status.encode(self))
+
+    def _on_object_evicted(self, object_id: str) -> None:
+        # Any thread (the store server's or this one), under the store's lock: only queue.
+        self.loop.post_from_thread(
+            [(self.raylet_address, ObjectEvicted(object_id=ObjectId(object_id)))])
 
     # --- kernels -------------------------------------------------------------
 
@@ -304,6 +312,7 @@ class NodeDaemon:
         finally:
             entry.ended.set()
         self.workers.pop(worker_id, None)
+        _remove_file(direct_socket_path(self.opts.session_dir, worker_id))  # if it died holding it
         self._log.info("worker.exited", worker=worker_id, cause=cause, exit_code=code)
         if not self.stopping:
             self.loop.post(self.raylet_address, WorkerExited(worker_id=worker_id, cause=cause,
@@ -358,6 +367,13 @@ class NodeDaemon:
 
 
 # --- the process -------------------------------------------------------------------
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _open_log(path: str) -> int:

@@ -58,6 +58,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -165,6 +166,10 @@ class SharedMemoryStore:
         self._spill_seq = 0
         self._counters = {"evictions": 0, "spills": 0, "restores": 0, "spilled": 0, "restored": 0}
         self._files: dict[str, None] = {}  # every file to remove at close
+        # Called with the id of each secondary copy that eviction dropped for good,
+        # under the store's lock: it must only record the id (e.g. queue it), never
+        # call back into the store.
+        self.on_evicted: Callable[[str], None] | None = None
         self._finalizer = weakref.finalize(self, remove_files, os.getpid(), self._files)
         try:
             self._arena = Arena(self._path, self._capacity, populate=populate)
@@ -615,6 +620,8 @@ class SharedMemoryStore:
         entry.region = None
         if entry.spill_path is None:
             del self._entries[entry.object_id]
+            if self.on_evicted is not None:
+                self.on_evicted(entry.object_id)
         else:
             entry.phase = ObjectPhase.SPILLED
         return self._arena.release(region)

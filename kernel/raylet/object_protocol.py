@@ -11,7 +11,8 @@ Raylet <-> raylet: ``RequestObject`` asks a node for chunks of an object; it
 
 Host interface of the raylet: effects ``SendObjectChunks`` (read the local store
 and send those chunks), ``WriteObjectChunk`` (write received bytes into the local
-store), ``DeleteObject`` (drop a copy from the local store).
+store), ``DeleteObject`` (drop a copy from the local store); input
+``ObjectEvicted`` (the store dropped a secondary copy to make room).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ class ObjectLocal(Msg):
 
 class ObjectLocationAdded(Msg):
     """Raylet -> owner: this node now holds a copy (so the owner frees it too)."""
+
+    object_id: ObjectId
+    node_id: NodeId
+
+
+class ObjectLocationRemoved(Msg):
+    """Raylet -> owner: this node's secondary copy was evicted (pullers should look
+    elsewhere, and a reader on this node must pull it again)."""
 
     object_id: ObjectId
     node_id: NodeId
@@ -95,5 +104,15 @@ class WriteObjectChunk(Msg):
 
 class DeleteObject(Msg):
     """Effect: drop this object's copy from the local store."""
+
+    object_id: ObjectId
+
+
+class ObjectEvicted(Msg):
+    """Host input: the local store evicted this secondary copy to make room.
+
+    The copy is gone: the raylet forgets it, so a later ``PullObject`` fetches it
+    again instead of answering ``ObjectLocal`` for bytes that are no longer there.
+    """
 
     object_id: ObjectId

@@ -19,6 +19,11 @@ store) or ``PULLING`` (being fetched from another node).
   ``ObjectUnavailable`` (their owner decides: reconstruct or report it lost).
 * ``RequestObject`` from another raylet: a local object is sent
   (``SendObjectChunks``), else ``ObjectMissing``.
+* ``ObjectEvicted`` (host input): the store dropped a secondary copy to make
+  room; the entry is forgotten, so the next ``PullObject`` fetches it again,
+  and the owner hears ``ObjectLocationRemoved`` (else it would tell readers on
+  this node that the object is here). A puller sent here before the owner knew
+  is answered ``ObjectMissing`` and moves on to the next location.
 * ``FreeObjects`` drops the copy (``DeleteObject``). A pull of a freed object
   still in flight finishes into the store and is dropped when nobody waits.
 
@@ -43,6 +48,7 @@ from shoal.kernel.raylet.object_protocol import (
     ObjectChunk,
     ObjectLocal,
     ObjectLocationAdded,
+    ObjectLocationRemoved,
     ObjectMissing,
     ObjectUnavailable,
     PinObject,
@@ -143,6 +149,16 @@ class ObjectTable:
             del self._entries[object_id]
             effects += [CancelTimer(key=PULL_TIMER_PREFIX + object_id), DeleteObject(object_id=object_id)]
         return effects
+
+    def on_evicted(self, object_id: ObjectId) -> list[Msg]:
+        entry = self._entries.get(object_id)
+        if entry is None or entry.phase is not EntryPhase.LOCAL or entry.pinned:
+            return []  # a pinned (primary) copy is spilled, never evicted
+        del self._entries[object_id]
+        if entry.owner is None or entry.freed:
+            return []
+        return [Send(dst=entry.owner, msg=ObjectLocationRemoved(
+            object_id=object_id, node_id=self._node_id))]
 
     # --- other raylets ---------------------------------------------------
 

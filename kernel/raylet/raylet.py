@@ -24,7 +24,7 @@ declared dead (membership going from alive back to registering) makes it
 fate-share: every worker killed, every lease ended.
 
 Inputs: ``Started``, ``Received``, ``TimerFired``, and the host's
-``WorkerExited``. Effects: ``Send``, ``SetTimer``, ``CancelTimer``, and the
+``WorkerExited`` and ``ObjectEvicted``. Effects: ``Send``, ``SetTimer``, ``CancelTimer``, and the
 host requests ``StartWorker``/``KillWorker``. Messages the raylet does not
 serve are answered with ``Rejected``; a ``Rejected`` from a peer is dropped.
 """
@@ -51,6 +51,7 @@ from shoal.kernel.raylet.leases import LeaseConfig, LeaseManager
 from shoal.kernel.raylet.object_protocol import (
     FreeObjects,
     ObjectChunk,
+    ObjectEvicted,
     ObjectMissing,
     PinObject,
     PullObject,
@@ -81,7 +82,7 @@ from shoal.kernel.raylet.workers import (
     WorkerPoolConfig,
 )
 
-RayletInput = Started | Received | TimerFired | WorkerExited
+RayletInput = Started | Received | TimerFired | WorkerExited | ObjectEvicted
 
 
 class RayletConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,6 +158,8 @@ class Raylet:
                 return self.objects.on_pull_timer(ObjectId(key[len(PULL_TIMER_PREFIX):]), now)
             case WorkerExited():
                 return self.leases.on_worker_exited(event, now)
+            case ObjectEvicted():
+                return self.objects.on_evicted(event.object_id)
             case Started():
                 return self.membership.on_started(now) + [self.lease_checker.arm(now)]
         return []

@@ -8,6 +8,9 @@ from shoal.kernel.raylet.object_protocol import (
     ObjectChunk,
     ObjectLocal,
     ObjectLocationAdded,
+    ObjectLocationRemoved,
+    ObjectMissing,
+    PinObject,
     PullObject,
     RequestObject,
     WriteObjectChunk,
@@ -50,3 +53,37 @@ def test_each_chunk_pushes_the_retry_back_and_the_last_one_cancels_it() -> None:
         Send(dst=READER, msg=ObjectLocal(object_id=OID)),
     ]
     assert table.is_local(OID)
+
+
+def _pulled_local(table: ObjectTable) -> None:
+    pull = PullObject(object_id=OID, owner=OWNER, locations=(THERE,), size=30)
+    table.on_pull(READER, pull, 0)
+    for index in range(3):
+        table.on_chunk(_chunk(index), 100 + index)
+    assert table.is_local(OID)
+
+
+def test_an_evicted_secondary_copy_is_pulled_again_on_the_next_request() -> None:
+    table = ObjectTable(HERE, ObjectsConfig(chunk_bytes=10, pull_retry_ns=RETRY_NS))
+    _pulled_local(table)
+    assert table.on_evicted(OID) == [  # the owner stops sending readers here
+        Send(dst=OWNER, msg=ObjectLocationRemoved(object_id=OID, node_id=HERE))]
+    assert not table.is_local(OID)
+    again = PullObject(object_id=OID, owner=OWNER, locations=(THERE,), size=30)
+    assert table.on_pull(READER, again, 1000) == [  # not ObjectLocal: the bytes are gone
+        Send(dst=Address(node=THERE, component="raylet"),
+             msg=RequestObject(object_id=OID, chunks=())),
+        SetTimer(key=TIMER, at_ns=1000 + RETRY_NS),
+    ]
+    # A peer asking this node for it now hears that it is missing, not chunks.
+    asker = Address(node=NodeId("n3"), component="raylet")
+    table.on_evicted(OID)  # an eviction report for an entry being pulled changes nothing
+    assert table.on_request(asker, RequestObject(object_id=OID, chunks=())) == [
+        Send(dst=asker, msg=ObjectMissing(object_id=OID))]
+
+
+def test_an_eviction_report_never_drops_a_pinned_primary_copy() -> None:
+    table = ObjectTable(HERE, ObjectsConfig(chunk_bytes=10, pull_retry_ns=RETRY_NS))
+    table.on_pin(PinObject(object_id=OID, owner=OWNER, size=30))
+    assert table.on_evicted(OID) == []
+    assert table.is_local(OID) and table.pinned_count() == 1

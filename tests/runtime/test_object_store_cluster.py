@@ -224,3 +224,24 @@ def _move_between_nodes(tmp_path: Any) -> None:
         os.close(parent_w)  # the daemon stops when the process that started it goes away
         daemon.wait(10)
     assert not _shm_files(str(tmp_path / "node2")), "the second node left its arena behind"
+
+
+def test_an_evicted_secondary_copy_is_pulled_again(tmp_path: Any) -> None:
+    """The second node's store holds three of the four 10 MiB objects it reads: reading
+    the first again, after it was evicted there, pulls it from the head once more."""
+    with _cluster(object_store_memory=128 * MIB):
+        @shoal.remote
+        def checksum(array: np.ndarray) -> float:
+            return float(array.sum())
+
+        daemon, parent_w = _start_second_node(tmp_path, 32 * MIB)
+        try:
+            there = NodeAffinitySchedulingStrategy(node_id="second", soft=False)
+            arrays = [np.full(10 * MIB // 8, float(i)) for i in range(4)]
+            refs = [shoal.put(a) for a in arrays]
+            on_second = checksum.options(scheduling_strategy=there)
+            for ref, array in [*zip(refs, arrays, strict=True), (refs[0], arrays[0])]:
+                assert shoal.get(on_second.remote(ref)) == float(array.sum())
+        finally:
+            os.close(parent_w)
+            daemon.wait(10)

@@ -158,6 +158,8 @@ def test_prefaulted_store(spill_dir: Path) -> None:
 
 
 def test_unpinned_objects_are_evicted_least_recently_used_first(store: SharedMemoryStore) -> None:
+    evicted: list[str] = []
+    store.on_evicted = evicted.append
     for index, object_id in enumerate("abcd"):
         _fill(store, object_id, MIB, index)
     assert store.used_bytes == store.capacity_bytes
@@ -165,6 +167,7 @@ def test_unpinned_objects_are_evicted_least_recently_used_first(store: SharedMem
     _fill(store, "e", MIB, 4)
     assert [store.contains(x) for x in "abcde"] == [True, False, True, True, True]
     assert store.stats().evictions_total == 1
+    assert evicted == ["b"]  # the node daemon tells its raylet, which forgets the copy
     with pytest.raises(ObjectNotFoundError, match=r"cannot get object 'b': not in the store"):
         store.get("b")
     store.check_invariants()
