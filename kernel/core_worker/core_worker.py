@@ -89,6 +89,7 @@ from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, Starte
 from shoal.kernel.raylet.object_protocol import (
     ObjectLocal,
     ObjectLocationAdded,
+    ObjectLocationRemoved,
     ObjectUnavailable,
     PinObject,
 )
@@ -237,6 +238,8 @@ class CoreWorker:
                 return self.objects.on_object_unavailable(msg, now)
             case ObjectLocationAdded():
                 return self.objects.on_location_added(msg)
+            case ObjectLocationRemoved():
+                return self.objects.on_location_removed(msg)
             case CancelTask():
                 return self.executor.on_cancel(src, msg)
             case NodeTableUpdate():

@@ -51,6 +51,7 @@ from shoal.kernel.raylet.object_protocol import (
     FreeObjects,
     ObjectLocal,
     ObjectLocationAdded,
+    ObjectLocationRemoved,
     ObjectUnavailable,
     PullObject,
 )
@@ -173,6 +174,20 @@ class ObjectTable:
         if result is None or not result.stored or msg.node_id in result.locations:
             return []
         ref.result = msgspec.structs.replace(result, locations=result.locations + (msg.node_id,))
+        return []
+
+    def on_location_removed(self, msg: ObjectLocationRemoved) -> list[Msg]:
+        """A node evicted its secondary copy of an owned object: stop listing it."""
+        ref = self._refs.get(msg.object_id)
+        result = ref.result if ref is not None and ref.owned else None
+        if result is None or not result.stored or msg.node_id not in result.locations:
+            return []
+        kept = tuple(n for n in result.locations if n != msg.node_id)
+        ref.result = msgspec.structs.replace(result, locations=kept)
+        if msg.node_id == self.me.node:
+            self._local.pop(msg.object_id, None)
+        if not kept:
+            self.lost.append(msg.object_id)
         return []
 
     def drop_locations(self, dead: dict[NodeId, None]) -> None:
