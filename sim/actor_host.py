@@ -11,6 +11,14 @@
   starts at most ``max_concurrency`` calls at once, so that many runners may
   interleave at their blocking calls. ``ActorTaskExecuted`` goes back; returns
   above the inline limit go to the node's store, as for tasks.
+* Async actors (a class with ``async def`` methods): each process hosting one
+  runs a ``SimEventLoop`` (``sim/async_loop.py``: asyncio on virtual time) in
+  one baton thread, and each call is an asyncio task of that loop running
+  ``actor.execute_method_async``; calls interleave at their ``await``s (an
+  ``await ref`` gets its object through ``get_objects_future`` without blocking
+  the loop), up to the ``max_concurrency`` the kernel allows. When the process
+  dies the loop's thread unwinds and closes the coroutines still running, in
+  the order they started, so their ``finally`` blocks run deterministically.
 * ``ActorRequestCompleted``/``ActorCallRefused``: wake (or fail) the user
   thread waiting on a creation, lookup or kill, or refuse a call at once.
 
@@ -20,7 +28,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +48,7 @@ from shoal.kernel.gcs.actor_protocol import ActorSpec
 from shoal.kernel.ids import ActorId, TaskId
 from shoal.kernel.messages import Address, Msg
 from shoal.kernel.task_spec import TaskSpec
+from shoal.sim.async_loop import SimEventLoop
 from shoal.sim.baton import SimFuture
 
 if TYPE_CHECKING:
@@ -54,6 +64,41 @@ class _Runner:
     job: Callable[[], None] | None = None
 
 
+@dataclass(slots=True, eq=False)
+class _AsyncActor:
+    """The event loop of an async actor's process and the calls running on it."""
+
+    loop: SimEventLoop
+    calls: dict[TaskId, asyncio.Task[None]] = field(default_factory=dict)
+
+    def start(self, task_id: TaskId, call: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Starts a call on the loop (from the event loop's engine side, or any thread)."""
+        def create() -> None:
+            task = self.loop.create_task(call())
+            self.calls[task_id] = task
+            task.add_done_callback(lambda _: self.calls.pop(task_id, None))
+        self.loop.call_soon_threadsafe(create)
+
+    def run(self) -> None:
+        """The body of the loop's baton thread: runs until the process dies."""
+        try:
+            self.loop.run_forever()
+        finally:
+            self._close_calls()
+
+    def _close_calls(self) -> None:
+        # The process died: unwind the suspended calls now, in start order (garbage
+        # collection would do it later, at a moment that differs between runs).
+        self.loop.set_exception_handler(lambda loop, context: None)  # no "destroyed" noise
+        for task in list(self.calls.values()):
+            try:
+                task.get_coro().close()
+            except BaseException:  # noqa: BLE001, S110 - a finally that blocks or raises
+                pass
+        self.calls.clear()
+        self.loop.close()
+
+
 class SimActorHost:
     """Actor instances of the simulated worker processes, and their effect handlers."""
 
@@ -61,6 +106,7 @@ class SimActorHost:
         self._host = host
         self.instances: dict[Address, Any] = {}
         self._idle: dict[Address, list[_Runner]] = {}
+        self._async: dict[Address, _AsyncActor] = {}
         self.calls_executed = 0
         handlers = host.engine.effect_handlers
         handlers[CreateActorInstance] = self._on_create
@@ -72,6 +118,7 @@ class SimActorHost:
     def _on_crash(self, address: Address) -> None:
         self.instances.pop(address, None)
         self._idle.pop(address, None)  # its runner threads were unwound with the process
+        self._async.pop(address, None)  # and its loop's thread, which closed the calls
 
     def _on_create(self, proc: SimProcess, effect: Msg) -> None:
         assert isinstance(effect, CreateActorInstance)
@@ -100,22 +147,22 @@ class SimActorHost:
 
     def _on_execute(self, proc: SimProcess, effect: Msg) -> None:
         assert isinstance(effect, ExecuteActorTask)
-        host, address, boot = self._host, proc.address, proc.boot
+        from shoal.runtime.api.actor import is_async_class
+
+        instance = self.instances.get(address := proc.address)
+        if instance is not None and is_async_class(type(instance)):
+            self._execute_async(proc, effect, instance)
+            return
+        host, boot = self._host, proc.boot
         context = host.context(address)
         spec = effect.spec
-        instance = self.instances.get(address)
 
         def run() -> None:
             from shoal.runtime.api.actor import execute_method
 
             args = tuple(host._arg_payload(address.node, a) for a in effect.args)
             executed = execute_method(instance, effect.actor_id, spec, args, context)
-            executed = msgspec.structs.replace(executed, results=tuple(
-                host._store_large(address.node, r) for r in executed.results))
-            context.flush_refs()
-            self.calls_executed += 1
-            if proc.boot == boot:
-                host.engine.inject(address, executed)
+            self._report(proc, boot, executed)
 
         idle = self._idle.setdefault(address, [])
         if idle:
@@ -126,6 +173,34 @@ class SimActorHost:
             runner = _Runner(job=run)
             host.spawn(address, lambda: self._runner_loop(address, runner),
                        name=f"{address}:runner")
+
+    def _execute_async(self, proc: SimProcess, effect: ExecuteActorTask, instance: Any) -> None:
+        host, address, boot = self._host, proc.address, proc.boot
+        context = host.context(address)
+        actor = self._async.get(address)
+        if actor is None:
+            actor = self._async[address] = _AsyncActor(SimEventLoop(host.baton))
+            host.spawn(address, actor.run, name=f"{address}:event-loop")
+
+        async def call() -> None:
+            from shoal.runtime.api.actor import execute_method_async
+
+            args = tuple(host._arg_payload(address.node, a) for a in effect.args)
+            executed = await execute_method_async(instance, effect.actor_id, effect.spec, args,
+                                                  context)
+            self._report(proc, boot, executed)
+
+        actor.start(effect.spec.task_id, call)
+
+    def _report(self, proc: SimProcess, boot: int, executed: Any) -> None:
+        """A call finished: store large returns, and tell the kernel (same incarnation)."""
+        host, address = self._host, proc.address
+        executed = msgspec.structs.replace(executed, results=tuple(
+            host._store_large(address.node, r) for r in executed.results))
+        host.context(address).flush_refs()
+        self.calls_executed += 1
+        if proc.boot == boot:
+            host.engine.inject(address, executed)
 
     def _runner_loop(self, address: Address, runner: _Runner) -> None:
         baton = self._host.baton

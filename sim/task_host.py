@@ -13,7 +13,7 @@ and user code:
   fed back as ``TaskExecuted``. ``InterruptTask`` raises ``TaskCancelledError``
   at the task's next blocking call (or kills the worker when forced).
 * ``GetCompleted``/``WaitCompleted``/``CallCompleted``: wake the user thread
-  that waits for them.
+  that waits for them, or complete the future of a ``get_objects_future``.
 
 ``SimWorkerContext`` is the ``WorkerContext`` of one simulated process: what
 ``shoal.remote``, ``shoal.get`` and friends call. User threads hold the baton
@@ -22,6 +22,9 @@ while they call it, so it hands inputs to its kernel synchronously.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,6 +342,7 @@ class SimWorkerContext(ActorContextMixin):
         self._next_object = 1
         self._next_call = 1
         self._calls: dict[int, SimFuture] = {}
+        self._object_futures: dict[int, Future[Callable[[], list[ObjectResult]]]] = {}
         self._ref_deltas: dict[ObjectRefInfo, int] = {}
 
     @property
@@ -347,6 +351,7 @@ class SimWorkerContext(ActorContextMixin):
 
     def reset(self) -> None:
         self._calls.clear()
+        self._object_futures.clear()
         self._ref_deltas.clear()
 
     # --- ids ---------------------------------------------------------------
@@ -388,6 +393,23 @@ class SimWorkerContext(ActorContextMixin):
         timeout_ns = None if timeout_s is None else max(0, int(timeout_s * 1e9))
         self._inject(GetRequested(call_id=call_id, refs=tuple(refs), timeout_ns=timeout_ns))
         return list(self._host.baton.block(future))
+
+    def get_objects_future(self, refs: list[ObjectRefInfo], timeout_s: float | None,
+                           ) -> Future[Callable[[], list[ObjectResult]]]:
+        """``await ref``/``ref.future()`` (issue #5): on an async actor's simulated event
+        loop the future completes when the kernel answers, and the loop runs other calls
+        meanwhile; anywhere else this blocks like ``get_objects`` and returns it done."""
+        future: Future[Callable[[], list[ObjectResult]]] = Future()
+        if not _on_sim_loop():
+            results = self.get_objects(refs, timeout_s)
+            future.set_result(lambda: results)
+            return future
+        call_id = self._next_call
+        self._next_call += 1
+        self._object_futures[call_id] = future
+        timeout_ns = None if timeout_s is None else max(0, int(timeout_s * 1e9))
+        self._inject(GetRequested(call_id=call_id, refs=tuple(refs), timeout_ns=timeout_ns))
+        return future
 
     def wait_objects(self, refs: list[ObjectRefInfo], num_returns: int, timeout_s: float | None,
                      fetch_local: bool) -> list[ObjectId]:
@@ -439,7 +461,12 @@ class SimWorkerContext(ActorContextMixin):
         return call_id, future
 
     def complete(self, effect: Msg) -> None:
-        future = self._calls.pop(getattr(effect, "call_id", -1), None)
+        call_id = getattr(effect, "call_id", -1)
+        waiting = self._object_futures.pop(call_id, None)
+        if waiting is not None and isinstance(effect, GetCompleted):
+            self._complete_object_future(waiting, effect)
+            return
+        future = self._calls.pop(call_id, None)
         if future is None:
             return
         if isinstance(effect, GetCompleted):
@@ -456,6 +483,17 @@ class SimWorkerContext(ActorContextMixin):
                 self._host.baton.resolve(future, error=ValueError(effect.error))
             else:
                 self._host.baton.resolve(future, value=effect.value)
+
+    def _complete_object_future(self, future: Future[Callable[[], list[ObjectResult]]],
+                                effect: GetCompleted) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # its awaiting task was cancelled
+        try:
+            results = [self._host._read_stored(self.node_id, r) for r in effect.results]
+        except Exception as error:  # noqa: BLE001 - a copy vanished: the await fails with it
+            future.set_exception(error)
+            return
+        future.set_result(lambda: results)  # wakes the loop through call_soon_threadsafe
 
     # --- cluster information -------------------------------------------------
 
@@ -477,3 +515,13 @@ class SimWorkerContext(ActorContextMixin):
 
     def available_resources(self) -> dict[str, float]:
         return self.cluster_resources()  # TODO(#3): from the raylets' resource view
+
+
+def _on_sim_loop() -> bool:
+    """Whether the caller runs on an async actor's ``SimEventLoop``."""
+    from shoal.sim.async_loop import SimEventLoop
+
+    try:
+        return isinstance(asyncio.get_running_loop(), SimEventLoop)
+    except RuntimeError:
+        return False

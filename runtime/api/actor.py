@@ -20,7 +20,13 @@ On the actor's worker the host calls ``create_instance`` (the constructor,
 once per incarnation) and ``execute_method`` (each call), both through the
 task executor, so return values, errors and borrowed refs behave as for tasks.
 
-Not supported yet: async actors (``async def`` methods), concurrency groups.
+Async actors (issue #4/#5): a class with an ``async def`` method
+(``is_async_class``) gets ``max_concurrency=1000`` unless set; its host runs
+every call, sync methods included, on one asyncio event loop with
+``execute_method_async`` (awaited in an asyncio task per call), so calls
+interleave at their ``await``s and may ``await`` object refs.
+
+Not supported yet: concurrency groups, async generator methods.
 Named actors are not stopped when their handles are dropped (they live until
 killed, or until their owner dies unless detached), and neither are handles
 from ``get_actor``, which do not count.
@@ -44,7 +50,7 @@ from shoal.kernel.ids import ActorId
 from shoal.kernel.messages import Address
 from shoal.kernel.task_spec import Payload, TaskSpec
 from shoal.runtime.api.context import ActorContext, WorkerContext, get_context
-from shoal.runtime.api.executor import current_task_spec, execute, load_function
+from shoal.runtime.api.executor import current_task_spec, execute, execute_async, load_function
 from shoal.runtime.api.object_ref import ObjectRef
 from shoal.runtime.api.options import (
     merge_options,
@@ -59,7 +65,9 @@ __all__ = [
     "ActorMethod",
     "create_instance",
     "execute_method",
+    "execute_method_async",
     "get_actor",
+    "is_async_class",
     "kill",
 ]
 
@@ -76,6 +84,12 @@ def _methods_of(cls: type) -> tuple[MethodMeta, ...]:
     return tuple(metas)
 
 
+def is_async_class(cls: type) -> bool:
+    """Whether ``cls`` makes an async actor: it has an ``async def`` method (as in Ray)."""
+    return any(inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+               for _, member in inspect.getmembers(cls, predicate=inspect.isfunction))
+
+
 class ActorClass:
     """A class decorated with ``@remote``: ``.remote()`` creates an actor."""
 
@@ -85,6 +99,7 @@ class ActorClass:
         self._default_options = dict(options)
         self._pickled = pickled
         self._methods = _methods_of(cls)
+        self._is_async = is_async_class(cls)
         self._class_name = f"{cls.__module__}.{cls.__qualname__}"
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -134,7 +149,7 @@ class ActorClass:
             raise TypeError(f"{self._class_name}.remote(): {exc}") from None
         except ValueError:
             pass  # no signature to check against
-        resolved = resolve_actor_options(self._default_options)
+        resolved = resolve_actor_options(self._default_options, is_async=self._is_async)
         function, class_id = self._pickle()
         task_id = ctx.next_task_id()
         actor_id = ActorId(f"{task_id}.a")
@@ -333,6 +348,27 @@ def create_instance(spec: ActorSpec, num_restarts: int, args: tuple[Payload, ...
 def execute_method(instance: Any, actor_id: ActorId, spec: TaskSpec, args: tuple[Payload, ...],
                    ctx: WorkerContext) -> ActorTaskExecuted:
     """Runs one call of method ``spec.function_id`` on ``instance`` in the calling thread."""
+    executed = execute(spec, args, b"", ctx, target=_method(instance, actor_id, spec))
+    return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
+                             attempt=executed.attempt, results=executed.results,
+                             borrowed=executed.borrowed)
+
+
+async def execute_method_async(instance: Any, actor_id: ActorId, spec: TaskSpec,
+                               args: tuple[Payload, ...],
+                               ctx: WorkerContext) -> ActorTaskExecuted:
+    """Runs one call of an async actor: await it in its own asyncio task on the actor's loop.
+
+    A coroutine method is awaited (other calls run meanwhile); a sync method runs
+    at once, on the loop's thread, as in Ray. The report is ``execute_method``'s.
+    """
+    executed = await execute_async(spec, args, ctx, target=_method(instance, actor_id, spec))
+    return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
+                             attempt=executed.attempt, results=executed.results,
+                             borrowed=executed.borrowed)
+
+
+def _method(instance: Any, actor_id: ActorId, spec: TaskSpec) -> Any:
     method = getattr(instance, spec.function_id, None)
     if method is None:
         def missing(*a: Any, **k: Any) -> None:
@@ -340,10 +376,7 @@ def execute_method(instance: Any, actor_id: ActorId, spec: TaskSpec, args: tuple
                 f"actor {actor_id} ({type(instance).__name__}) has no method "
                 f"{spec.function_id!r}")
         method = missing
-    executed = execute(spec, args, b"", ctx, target=method)
-    return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
-                             attempt=executed.attempt, results=executed.results,
-                             borrowed=executed.borrowed)
+    return method
 
 
 # --- public functions --------------------------------------------------------------

@@ -256,7 +256,8 @@ class RuntimeContext:
 
     def get_task_id(self) -> str | None:
         """The running task's id; None on a driver."""
-        task_id = self._ctx.current_task_id
+        spec = current_task_spec()  # per call: right in threaded and async actors too
+        task_id = spec.task_id if spec is not None else self._ctx.current_task_id
         return None if task_id is None else str(task_id)
 
     def get_task_name(self) -> str | None:

@@ -9,7 +9,10 @@ Which context a call uses: the one bound to the calling thread
 (``bind_thread_context``; the simulator binds one per user thread, and
 ``executor.execute`` binds the one it is given while a task runs), else the
 process-global one (``set_global_context``; ``shoal.init()`` sets it). With
-neither, ``get_context()`` raises ``NotInitializedError``.
+neither, ``get_context()`` raises ``NotInitializedError``. The binding is a
+``contextvars.ContextVar``: a new thread starts unbound, as with a thread-local,
+and each asyncio task works on its own copy, so the coroutines of an async actor
+sharing one thread each see the context (and the running call) they were given.
 
 Threading contract (what a host author must know):
 
@@ -39,13 +42,31 @@ Threading contract (what a host author must know):
   refuses it with ``ActorCallRefused``). The host runs the constructor and the
   methods with ``actor.create_instance`` and ``actor.execute_method`` on
   ``CreateActorInstance``/``ExecuteActorTask``, and sets ``current_actor_id``
-  (and ``current_actor_restarts``) in the actor's process.
+  (and ``current_actor_restarts``) in the actor's process. For an async actor
+  (``actor.is_async_class`` of the instance's class) it runs each call as a
+  task of one asyncio event loop with ``actor.execute_method_async``: calls
+  interleave at their ``await``s, up to the ``max_concurrency`` the kernel allows.
+* Awaitable refs (issue #5; ``AsyncObjectsContext``, optional like
+  ``ActorContext``): ``get_objects_future(refs, timeout_s)`` asks for objects
+  like ``get_objects`` but returns a ``concurrent.futures.Future`` at once. It
+  is called from user threads, including an asyncio event loop's thread, which
+  it must not block: the host completes the future from its own loop thread
+  when the kernel answers (``GetCompleted``). Its value is a *reader*: a
+  function of no arguments returning what ``get_objects`` would have returned,
+  which the API calls in the thread that consumes the value (reading a stored
+  object may do I/O that must not run on the host's loop thread); a failure of
+  the whole call is the future's exception. A host whose waiting is
+  deterministic only when it blocks (the simulator) may block here and return
+  a future that is already done, unless the caller runs on an event loop that
+  the host drives itself.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextvars import ContextVar
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +80,7 @@ from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
 __all__ = [
     "NOT_INITIALIZED",
     "ActorContext",
+    "AsyncObjectsContext",
     "NotInitializedError",
     "WorkerContext",
     "bind_thread_context",
@@ -214,15 +236,30 @@ class ActorContext(Protocol):
         ...
 
 
-_local = threading.local()
+@runtime_checkable
+class AsyncObjectsContext(Protocol):
+    """The hook behind ``await ref`` and ``ref.future()`` (issue #5), apart so a host
+    without it still is a ``WorkerContext``; see the module docstring."""
+
+    def get_objects_future(self, refs: list[ObjectRefInfo], timeout_s: float | None,
+                           ) -> Future[Callable[[], list[ObjectResult]]]:
+        """Asks for ``refs`` (distinct) without waiting; see the module docstring.
+
+        Returns:
+            A future whose value reads the results, one per ref in the order given,
+            as ``get_objects`` returns them.
+        """
+        ...
+
+
+_bound: ContextVar[WorkerContext | None] = ContextVar("shoal_worker_context", default=None)
 _global: WorkerContext | None = None
 _global_lock = threading.Lock()
 
 
 def thread_context() -> WorkerContext | None:
-    """The context bound to the calling thread, if any."""
-    ctx: WorkerContext | None = getattr(_local, "context", None)
-    return ctx
+    """The context bound to the calling thread (or asyncio task), if any."""
+    return _bound.get()
 
 
 def global_context() -> WorkerContext | None:
@@ -232,7 +269,7 @@ def global_context() -> WorkerContext | None:
 
 def current_context() -> WorkerContext | None:
     """The calling thread's context, else the process-global one, else None."""
-    ctx: WorkerContext | None = getattr(_local, "context", None)
+    ctx = _bound.get()
     return ctx if ctx is not None else _global
 
 
@@ -249,9 +286,12 @@ def get_context() -> WorkerContext:
 
 
 def bind_thread_context(ctx: WorkerContext | None) -> WorkerContext | None:
-    """Binds ``ctx`` to the calling thread (None unbinds); returns the one bound before."""
-    previous: WorkerContext | None = getattr(_local, "context", None)
-    _local.context = ctx
+    """Binds ``ctx`` to the calling thread (None unbinds); returns the one bound before.
+
+    Inside an asyncio task this binds it for that task only (its context is a copy).
+    """
+    previous = _bound.get()
+    _bound.set(ctx)
     return previous
 
 

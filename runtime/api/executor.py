@@ -23,6 +23,15 @@ task fails it with ``kind="task_cancelled"``, never retried. Other
 ``BaseException``s (``SystemExit``, the simulator's ``SimulationExit``) are not
 caught: the host decides what they mean.
 
+``execute_async`` is the same for a coroutine function (an async actor's
+method): awaited on the calling thread's event loop, it runs the call as one
+asyncio task among others. What belongs to one call (the bound context, the
+running spec, the refs it unpickled) lives in ``contextvars``, which each
+asyncio task copies, so calls that interleave at their ``await``s never see
+each other's; on a plain thread a context variable behaves as a thread-local.
+A call cancelled through its asyncio task (``CancelledError``) fails as
+``task_cancelled``, like an interrupted task.
+
 ``borrowed``: the refs unpickled while the task ran (from its arguments or from
 values it fetched) that are still alive when it returns, except those this
 worker owns; the owner then counts this worker as a borrower of them.
@@ -30,6 +39,7 @@ worker owns; the owner then counts this worker as a borrower of them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import pickle
 import threading
@@ -37,6 +47,7 @@ import traceback
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Final
 
 from shoal.kernel.core_worker.protocol import ErrorKind, ObjectError, ObjectResult, TaskExecuted
@@ -51,19 +62,20 @@ from shoal.runtime.api.serialization import (
     serialize_error,
 )
 
-__all__ = ["FUNCTIONS_MAX", "current_task_spec", "execute", "load_function"]
+__all__ = ["FUNCTIONS_MAX", "current_task_spec", "execute", "execute_async", "load_function"]
 
 FUNCTIONS_MAX: Final = 1024  # deserialized functions kept per process, least recent dropped
 _THIS_FILE: Final = __file__
 
 _functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 _functions_lock = threading.Lock()
-_local = threading.local()
+_running_spec: ContextVar[TaskSpec | None] = ContextVar("shoal_running_spec", default=None)
+_CANCELLED: Final = (TaskCancelledError, KeyboardInterrupt, asyncio.CancelledError)
 
 
 def current_task_spec() -> TaskSpec | None:
-    """The spec of the task the calling thread is running, or None (e.g. on a driver)."""
-    return getattr(_local, "spec", None)
+    """The spec of the task the calling thread (or asyncio task) runs, or None (a driver)."""
+    return _running_spec.get()
 
 
 def load_function(function_id: str, function: bytes) -> Callable[..., Any]:
@@ -105,14 +117,45 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
         The ``TaskExecuted`` input for the worker's core worker.
     """
     previous_ctx = bind_thread_context(ctx)
-    previous_spec = current_task_spec()
-    _local.spec = spec
+    token = _running_spec.set(spec)
     try:
         with collecting_refs() as rebuilt:
             results, retryable = _run(spec, args, function, target)
         borrowed = _still_held(rebuilt, ctx.address)
     finally:
-        _local.spec = previous_spec
+        _running_spec.reset(token)
+        bind_thread_context(previous_ctx)
+    return TaskExecuted(task_id=spec.task_id, attempt=spec.attempt, results=results,
+                        retryable_error=retryable, borrowed=borrowed)
+
+
+async def execute_async(spec: TaskSpec, args: tuple[Payload, ...], ctx: WorkerContext, *,
+                        target: Callable[..., Any]) -> TaskExecuted:
+    """``execute`` for a target that may return an awaitable (an ``async def`` method).
+
+    Awaited in an asyncio task (which has its own copy of the context variables),
+    it binds ``ctx`` and the running spec for this call only; a plain result (a
+    sync method of an async actor) is taken as is.
+    """
+    previous_ctx = bind_thread_context(ctx)
+    previous_spec = _running_spec.get()
+    _running_spec.set(spec)
+    try:
+        with collecting_refs() as rebuilt:
+            try:
+                outputs = _call(spec, args, b"", target)
+                if inspect.isawaitable(outputs):
+                    outputs = await outputs
+                results, retryable = _returns(spec, outputs), False
+            except _CANCELLED as exc:
+                results, retryable = _cancelled(spec, exc), False
+            except Exception as exc:  # noqa: BLE001 - user code may raise anything
+                results, retryable = _errored(spec, exc)
+        borrowed = _still_held(rebuilt, ctx.address)
+    finally:
+        # set, not reset(token): a coroutine closed when its process dies unwinds
+        # outside its task's context, where a token of that context is refused.
+        _running_spec.set(previous_spec)
         bind_thread_context(previous_ctx)
     return TaskExecuted(task_id=spec.task_id, attempt=spec.attempt, results=results,
                         retryable_error=retryable, borrowed=borrowed)
@@ -121,18 +164,29 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
 def _run(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
          target: Callable[..., Any] | None = None) -> tuple[tuple[ObjectResult, ...], bool]:
     try:
-        values = _split(spec, _call(spec, args, function, target))
-        results = tuple(
-            ObjectResult(object_id=object_id, value=serialize(
-                value, what=f"return value {index} of task {spec.name}"))
-            for index, (object_id, value) in enumerate(zip(spec.return_ids, values, strict=True)))
-        return results, False
-    except (TaskCancelledError, KeyboardInterrupt) as exc:
-        message = f"task {spec.name} ({spec.task_id}) was cancelled while it ran"
-        return _failed(spec, "task_cancelled", message, exc), False
+        return _returns(spec, _call(spec, args, function, target)), False
+    except _CANCELLED as exc:
+        return _cancelled(spec, exc), False
     except Exception as exc:  # noqa: BLE001 - user code may raise anything
-        message = f"task {spec.name} raised {type(exc).__name__}: {exc}"
-        return _failed(spec, "task_error", message, exc), _retryable(spec, exc)
+        return _errored(spec, exc)
+
+
+def _returns(spec: TaskSpec, outputs: Any) -> tuple[ObjectResult, ...]:
+    values = _split(spec, outputs)
+    return tuple(
+        ObjectResult(object_id=object_id, value=serialize(
+            value, what=f"return value {index} of task {spec.name}"))
+        for index, (object_id, value) in enumerate(zip(spec.return_ids, values, strict=True)))
+
+
+def _cancelled(spec: TaskSpec, exc: BaseException) -> tuple[ObjectResult, ...]:
+    message = f"task {spec.name} ({spec.task_id}) was cancelled while it ran"
+    return _failed(spec, "task_cancelled", message, exc)
+
+
+def _errored(spec: TaskSpec, exc: Exception) -> tuple[tuple[ObjectResult, ...], bool]:
+    message = f"task {spec.name} raised {type(exc).__name__}: {exc}"
+    return _failed(spec, "task_error", message, exc), _retryable(spec, exc)
 
 
 def _call(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,

@@ -11,18 +11,37 @@ Pickling a ref (as an argument, inside a return value, inside a ``put``)
 records it into the active ``serialize`` call, so the payload lists it in
 ``contained``; unpickling rebuilds a ref that registers in the receiving
 process, which thereby borrows the object.
+
+Awaiting (issue #5): ``await ref`` and ``ref.future()`` ask the context's
+``get_objects_future`` hook (``AsyncObjectsContext``, see
+``runtime/api/context.py``) for the object without blocking the caller's event
+loop. ``await ref`` wraps that future for the running asyncio loop and turns the
+result into the value (or raises the object's error, as ``get`` does) in the
+awaiting task; ``ref.future()`` returns a ``concurrent.futures.Future`` whose
+value is read and deserialized in the thread that first asks for it, never in
+the host's loop thread that completes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import asyncio
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
 from typing import Any
 
 from shoal.kernel.ids import NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, Component
+from shoal.kernel.core_worker.protocol import ObjectResult
 from shoal.kernel.task_spec import ObjectRefInfo, producing_task
-from shoal.runtime.api.context import WorkerContext, current_context
-from shoal.runtime.api.serialization import note_rebuilt_ref, record_pickled_ref
+from shoal.runtime.api.context import (
+    AsyncObjectsContext,
+    WorkerContext,
+    current_context,
+    get_context,
+)
+from shoal.runtime.api.exceptions import RaySystemError, RayTaskError, error_for
+from shoal.runtime.api.serialization import deserialize, note_rebuilt_ref, record_pickled_ref
 
 __all__ = ["ObjectRef"]
 
@@ -82,17 +101,17 @@ class ObjectRef:
 
     # --- futures -----------------------------------------------------------
 
-    def future(self) -> Any:
-        """A ``concurrent.futures.Future`` for the value: not supported yet."""
-        # TODO(#5): futures and ``await ref`` once hosts can call back on completion.
-        raise NotImplementedError(
-            "ObjectRef.future() is not supported yet (issue #5); use shoal.get(ref) or "
-            "shoal.wait([ref]) instead")
+    def future(self) -> Future[Any]:
+        """A ``concurrent.futures.Future`` of the object's value.
+
+        Its ``result()`` returns the value, or raises what ``get`` would raise.
+        Wrap it with ``asyncio.wrap_future`` to await it on any event loop.
+        """
+        return _ValueFuture(self, _request(self._info))
 
     def __await__(self) -> Generator[Any, None, Any]:
-        # TODO(#5): awaitable refs for async actors and asyncio drivers.
-        raise NotImplementedError(
-            "awaiting an ObjectRef is not supported yet (issue #5); use shoal.get(ref) instead")
+        """``await ref`` in asyncio code: the value, without blocking the event loop."""
+        return _await_value(self, _request(self._info)).__await__()
 
     # --- value semantics ---------------------------------------------------
 
@@ -136,3 +155,88 @@ def _rebuild_object_ref(object_id: str, node: str, component: Component,
                     Address(node=NodeId(node), component=component, worker=worker))
     note_rebuilt_ref(ref)
     return ref
+
+
+# --- awaiting --------------------------------------------------------------------
+
+Reader = Callable[[], list[ObjectResult]]
+
+
+def _request(info: ObjectRefInfo) -> Future[Reader]:
+    ctx = get_context()
+    if not isinstance(ctx, AsyncObjectsContext):
+        raise NotImplementedError(
+            f"this host ({type(ctx).__name__}) cannot await object refs yet; use "
+            "shoal.get(ref) instead")
+    return ctx.get_objects_future([info], None)
+
+
+async def _await_value(ref: ObjectRef, source: Future[Reader]) -> Any:
+    if source.done():  # the host answered at once (the simulator may): no loop needed
+        read = source.result()
+    else:
+        read = await asyncio.wrap_future(source)
+    return _value_of(read(), ref.info)  # ``ref`` kept alive (referenced) until here
+
+
+def _value_of(results: list[ObjectResult], info: ObjectRefInfo) -> Any:
+    """The value of the one result, or the error ``get`` raises for it."""
+    if len(results) != 1 or results[0].object_id != info.object_id:
+        raise RaySystemError(f"the host answered an await of {info.object_id} with "
+                             f"{[r.object_id for r in results]}")
+    result = results[0]
+    if result.error is not None:
+        error: BaseException | None = error_for(result, info.owner)
+        if isinstance(error, RayTaskError):
+            error = error.as_instanceof_cause()
+        try:
+            raise error  # type: ignore[misc]
+        finally:
+            error = None  # no error -> traceback -> frame -> error cycle keeping refs alive
+    try:
+        return deserialize(result.value)  # type: ignore[arg-type]
+    except RaySystemError as exc:
+        raise RaySystemError(f"object {info.object_id}: {exc.client_exc}") from exc.__cause__
+
+
+class _ValueFuture(Future):  # type: ignore[type-arg]
+    """The future of ``ref.future()``: done when the host has the object; its value is
+    read and deserialized once, in the first thread that asks (never the host's loop)."""
+
+    def __init__(self, ref: ObjectRef, source: Future[Reader]) -> None:
+        super().__init__()
+        self._ref = ref  # the object stays referenced while its future lives
+        self._convert_lock = threading.Lock()
+        self._outcome: tuple[Any, BaseException | None] | None = None
+        source.add_done_callback(self._arrived)
+
+    def _arrived(self, source: Future[Reader]) -> None:
+        if not self.set_running_or_notify_cancel():
+            return  # cancelled by its user meanwhile
+        error = source.exception() if not source.cancelled() else RaySystemError(
+            f"the host gave up waiting for object {self._ref.object_id}")
+        if error is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(source.result())
+
+    def _converted(self, read: Reader) -> tuple[Any, BaseException | None]:
+        with self._convert_lock:
+            if self._outcome is None:
+                try:
+                    self._outcome = (_value_of(read(), self._ref.info), None)
+                except Exception as exc:  # noqa: BLE001 - kept for every later reader
+                    self._outcome = (None, exc)
+            return self._outcome
+
+    def result(self, timeout: float | None = None) -> Any:
+        value, error = self._converted(super().result(timeout))
+        if error is not None:
+            raise error
+        return value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        error = super().exception(timeout)
+        if error is not None:
+            return error
+        return self._converted(super().result())[1]

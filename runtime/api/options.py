@@ -382,8 +382,18 @@ def _actor_value(options: Mapping[str, Any], name: str) -> Any:
     return ACTOR_OPTIONS[name].default if value is None else value
 
 
-def resolve_actor_options(options: Mapping[str, Any]) -> ActorOptions:
-    """Turns validated, merged actor options into the fields of an ``ActorSpec``."""
+ASYNC_ACTOR_MAX_CONCURRENCY: Final = 1000  # Ray's default for async actors (1 otherwise)
+
+
+def resolve_actor_options(options: Mapping[str, Any], *, is_async: bool = False) -> ActorOptions:
+    """Turns validated, merged actor options into the fields of an ``ActorSpec``.
+
+    Args:
+        options: the merged options.
+        is_async: the class has ``async def`` methods: ``max_concurrency`` defaults
+            to ``ASYNC_ACTOR_MAX_CONCURRENCY`` instead of 1.
+    """
+    default_concurrency = ASYNC_ACTOR_MAX_CONCURRENCY if is_async else 1
     held = task_resources({**options, "num_cpus": options.get("num_cpus") or 0})
     placement = dict(held)
     if options.get("num_cpus") is None and not held:
@@ -396,7 +406,7 @@ def resolve_actor_options(options: Mapping[str, Any]) -> ActorOptions:
         detached=options.get("lifetime") == "detached",
         max_restarts=int(_actor_value(options, "max_restarts")),
         max_task_retries=int(_actor_value(options, "max_task_retries")),
-        max_concurrency=int(options.get("max_concurrency") or 1),
+        max_concurrency=int(options.get("max_concurrency") or default_concurrency),
         max_pending_calls=int(_actor_value(options, "max_pending_calls")),
         get_if_exists=bool(options.get("get_if_exists")),
         affinity=_affinity(options.get("scheduling_strategy")),

@@ -172,14 +172,6 @@ def make_remote(target: Any, options: dict[str, Any]) -> Any:
         from shoal.runtime.api.actor import ActorClass  # actor.py builds on this module
         from shoal.runtime.api.options import validate_actor_options
 
-        async_methods = [name for name, member in inspect.getmembers(target)
-                         if inspect.iscoroutinefunction(member)
-                         or inspect.isasyncgenfunction(member)]
-        if async_methods:
-            raise NotImplementedError(
-                f"async actors are not supported yet: {target.__qualname__} has async "
-                f"methods {async_methods}; make them plain def methods (use "
-                "max_concurrency for calls that should run concurrently)")
         validate_actor_options(options, in_options=False)
         return ActorClass(target, options)
     if not callable(target):

@@ -36,6 +36,7 @@ import traceback
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Final, Protocol
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -56,6 +57,8 @@ PROTOCOL: Final = 5
 _ATOMIC_TYPES: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 _local = threading.local()
+_collecting: ContextVar[list[weakref.ref[Any]] | None] = ContextVar("shoal_collecting_refs",
+                                                                   default=None)
 
 
 class BufferCodec(Protocol):
@@ -87,13 +90,6 @@ def _pickling_stack() -> list[list[ObjectRefInfo]]:
     return stack
 
 
-def _collect_stack() -> list[list[weakref.ref[Any]]]:
-    stack: list[list[weakref.ref[Any]]] | None = getattr(_local, "collecting", None)
-    if stack is None:
-        stack = _local.collecting = []
-    return stack
-
-
 def record_pickled_ref(info: ObjectRefInfo) -> None:
     """Called by ``ObjectRef.__reduce__``: notes ``info`` in the active ``serialize``."""
     stack: list[list[ObjectRefInfo]] | None = getattr(_local, "pickling", None)
@@ -103,21 +99,26 @@ def record_pickled_ref(info: ObjectRefInfo) -> None:
 
 def note_rebuilt_ref(ref: Any) -> None:
     """Called when an ``ObjectRef`` is unpickled: notes it in active ``collecting_refs``."""
-    stack: list[list[weakref.ref[Any]]] | None = getattr(_local, "collecting", None)
-    if stack:
-        stack[-1].append(weakref.ref(ref))
+    found = _collecting.get()
+    if found is not None:
+        found.append(weakref.ref(ref))
 
 
 @contextmanager
 def collecting_refs() -> Iterator[list[weakref.ref[Any]]]:
-    """Collects weak references to every ``ObjectRef`` unpickled in this thread meanwhile."""
+    """Collects weak references to every ``ObjectRef`` unpickled in this thread meanwhile.
+
+    The innermost block collects. It is a context variable, not a thread-local: the
+    calls of an async actor interleave on one thread, each in its own asyncio task
+    (with its own copy of the context), and each collects only its own refs.
+    """
     found: list[weakref.ref[Any]] = []
-    stack = _collect_stack()
-    stack.append(found)
+    previous = _collecting.get()
+    _collecting.set(found)
     try:
         yield found
     finally:
-        stack.pop()
+        _collecting.set(previous)  # not reset(token): see executor.execute_async
 
 
 def _unique(infos: list[ObjectRefInfo]) -> tuple[ObjectRefInfo, ...]:

@@ -13,7 +13,7 @@ from shoal.kernel.ids import NodeId, ObjectId
 from shoal.kernel.messages import Address
 from shoal.kernel.task_spec import ObjectRefInfo, Payload
 from shoal.runtime.api import ObjectRef, remote
-from shoal.runtime.api.context import bind_thread_context
+from shoal.runtime.api.context import NotInitializedError, bind_thread_context
 from shoal.runtime.api.serialization import deserialize, serialize
 
 import shoal
@@ -43,12 +43,18 @@ def test_equality_and_hash_follow_the_object_id(no_ctx) -> None:
     assert a != "x"
 
 
-def test_futures_are_not_supported_yet(no_ctx) -> None:
-    ref = ObjectRef("x", OWNER)
-    with pytest.raises(NotImplementedError, match=r"issue #5"):
+def test_futures_need_a_host_that_can_await(no_ctx) -> None:
+    ref = ObjectRef("x", OWNER)  # awaiting for real: tests/sim/test_async_actors.py
+    with pytest.raises(NotInitializedError):
         ref.future()
-    with pytest.raises(NotImplementedError, match=r"issue #5"):
+    with pytest.raises(NotInitializedError):
         ref.__await__()
+    bind_thread_context(FakeContext())  # a host without the get_objects_future hook
+    try:
+        with pytest.raises(NotImplementedError, match=r"cannot await object refs yet"):
+            ref.future()
+    finally:
+        bind_thread_context(None)
 
 
 # --- reference counting ----------------------------------------------------------
