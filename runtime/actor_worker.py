@@ -34,6 +34,7 @@ the worker die).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -98,9 +99,7 @@ class ActorRunner:
         try:
             job()
         except BaseException as exc:  # noqa: BLE001 - the pool would swallow it
-            def reraise() -> None:
-                raise exc
-            self._on_main(reraise)
+            self._on_main(functools.partial(_reraise, exc))
 
     def shutdown(self) -> None:
         """Stops the pool from taking more calls (the process is ending)."""
@@ -151,6 +150,10 @@ class ActorRunner:
 
     def _read_args(self, args: tuple[Payload | LocalObject, ...]) -> tuple[Payload, ...]:
         return tuple(self._ctx.objects.read_arg(arg) for arg in args)
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 def _unreadable(effect: ExecuteActorTask, exc: BaseException) -> ActorTaskExecuted:

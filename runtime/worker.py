@@ -56,6 +56,7 @@ from shoal.kernel.core_worker.protocol import (
 )
 from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg
+from shoal.runtime.actor_worker import ActorRunner
 from shoal.runtime.api.context import set_global_context
 from shoal.runtime.api.exceptions import (
     ObjectLostError,
@@ -63,7 +64,6 @@ from shoal.runtime.api.exceptions import (
     RaySystemError,
     TaskCancelledError,
 )
-from shoal.runtime.actor_worker import ActorRunner
 from shoal.runtime.api.executor import execute
 from shoal.runtime.driver import CoreWorkerRuntime, ProdWorkerContext
 from shoal.runtime.kernel_host import configure_logging

@@ -264,7 +264,8 @@ class CoreWorker:
             # --- end actors ---
             case Rejected():
                 return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
-        if type(msg).__name__.startswith("Kv"):
+        if type(msg).__name__.startswith("Kv") or type(msg).__name__ == "PlacementGroupReply":
+            # placement groups: their replies complete calls of the GCS client, as KV ones do
             return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
         reason = (f"core worker {self.address}: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")

@@ -246,3 +246,30 @@ def test_max_pending_calls_refuses_the_call_past_the_limit(cluster: None) -> Non
     gate.open.remote()
     assert shoal.get(pending) == ["open", "open"]
     assert shoal.get(counter.echo.remote("room again")) == "room again"
+
+
+@shoal.remote
+def wait_for(ref_holder: list[Any]) -> str:
+    return str(shoal.get(ref_holder[0]))
+
+
+def test_a_task_blocked_on_an_actor_is_interrupted_by_cancel(cluster: None) -> None:
+    gate = Gate.remote()
+    waiting = wait_for.remote([gate.wait.remote()])  # nested: the task gets it itself
+    ready, _ = shoal.wait([waiting], timeout=0.3)
+    assert not ready
+    shoal.cancel(waiting)
+    with pytest.raises(shoal.exceptions.TaskCancelledError):
+        shoal.get(waiting, timeout=30)
+    gate.open.remote()
+    assert shoal.get(wait_for.remote([gate.wait.remote()]), timeout=30) == "open"
+
+
+def test_shutdown_ends_actors_busy_in_calls(cluster: None) -> None:
+    """The module's teardown shuts the cluster down and checks that no process is left:
+    these actors are still running calls then, in the main thread and in a pool thread."""
+    busy_main = Gate.options(max_concurrency=1).remote()
+    busy_pool = Gate.remote()
+    calls = [busy_main.wait.remote(), busy_pool.wait.remote()]
+    ready, _ = shoal.wait(calls, num_returns=2, timeout=0.3)
+    assert ready == []
