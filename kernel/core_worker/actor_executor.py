@@ -26,6 +26,13 @@ one after another in that order). ``ActorTaskExecuted`` answers the caller
 ``processed`` mark passes it. A ``FAILED`` actor answers every call with the
 constructor's error. A push for an actor or incarnation not hosted here is
 answered ``ActorTaskRejected`` (the caller's view is stale).
+
+Cancel: a push marked ``cancelled`` for a call not yet started answers it
+``task_cancelled`` without running it: at once if it was accepted (it leaves
+the queue), else when its ``seq`` is accepted (the sequence still advances
+past it, so it never blocks later calls). A running call is left to finish,
+unless the host runs this actor's calls as coroutines (``is_async``): then
+the host is asked to ``InterruptActorTask``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from shoal.kernel.core_worker.actor_protocol import (
     ActorTaskRejected,
     CreateActorInstance,
     ExecuteActorTask,
+    InterruptActorTask,
     PushActorTask,
 )
 from shoal.kernel.core_worker.arguments import arg_value, resolve_args
@@ -109,6 +117,7 @@ class ActorHost:
         self._sessions: OrderedDict[tuple[Address, str], _Session] = OrderedDict()
         self._ready: deque[_Run] = deque()
         self._running: dict[TaskId, _Run] = {}
+        self._is_async = False  # the host runs calls as coroutines (it can interrupt them)
         self.executed = 0
 
     @property
@@ -162,6 +171,7 @@ class ActorHost:
             return []  # not the actor we host: stale
         effects = self._release(self._ctor) if self._ctor is not None else []
         self._ctor = None
+        self._is_async = msg.is_async
         self.phase = HostPhase.FAILED if msg.error is not None else HostPhase.READY
         self._created = ActorCreated(actor_id=spec.actor_id, num_restarts=self.num_restarts,
                                      error=msg.error)
@@ -184,18 +194,39 @@ class ActorHost:
         if answer is not None:
             return [Send(dst=src, msg=answer)]
         ack = Send(dst=src, msg=ActorTaskAck(task_id=msg.spec.task_id, attempt=msg.spec.attempt))
-        if msg.seq < session.expected or msg.seq in session.buffered:
-            return [ack] if msg.seq >= msg.processed else []  # pending here, or answered long ago
-        session.buffered[msg.seq] = (msg, src)
+        if msg.seq < session.expected:
+            if msg.seq < msg.processed:
+                return []  # answered long ago
+            return [ack, *self._cancel_accepted(msg)] if msg.cancelled else [ack]
+        if msg.seq in session.buffered and not msg.cancelled:
+            return [ack]  # waiting here for the calls before it
+        session.buffered[msg.seq] = (msg, src)  # (a cancelled re-push replaces the first)
         effects: list[Msg] = [ack]
         while session.expected in session.buffered:
             push, caller = session.buffered.pop(session.expected)
             session.expected += 1
             run = _Run(spec=push.spec, caller=caller, session=(caller, push.caller), seq=push.seq,
                        resolved=push.resolved)
+            if push.cancelled:
+                effects += self._answer(run, _cancelled_results(run.spec))
+                continue
             self._ready.append(run)
             effects += self._resolve(run, now)
         return effects + self._start_ready()
+
+    def _cancel_accepted(self, msg: PushActorTask) -> list[Msg]:
+        """Cancels an accepted call: answered at once if not started; a running one is
+        interrupted only on an async actor (a sync method is never interrupted)."""
+        task_id = msg.spec.task_id
+        if task_id in self._running:
+            if self._is_async and self.spec is not None:
+                return [InterruptActorTask(actor_id=self.spec.actor_id, task_id=task_id)]
+            return []
+        for run in self._ready:
+            if run.spec.task_id == task_id:
+                self._ready.remove(run)
+                return self._answer(run, _cancelled_results(run.spec)) + self._start_ready()
+        return []  # answered already
 
     def _session(self, caller: tuple[Address, str]) -> _Session:
         session = self._sessions.get(caller)
@@ -249,15 +280,16 @@ class ActorHost:
         effects: list[Msg] = [
             Send(dst=raylet, msg=PinObject(object_id=r.object_id, owner=run.caller, size=r.size))
             for r in msg.results if getattr(r, "stored", False) and r.error is None]
-        effects += self._answer(run, msg.results, msg.borrowed)
+        effects += self._answer(run, msg.results, msg.borrowed, msg.retryable_error)
         return effects + self._start_ready()
 
     def _answer(self, run: _Run, results: tuple[ObjectResult, ...],
-                borrowed: tuple[ObjectRefInfo, ...] = ()) -> list[Msg]:
+                borrowed: tuple[ObjectRefInfo, ...] = (), retryable: bool = False) -> list[Msg]:
         assert self.spec is not None
         self.executed += 1
         done = ActorTaskDone(actor_id=self.spec.actor_id, task_id=run.spec.task_id,
-                             attempt=run.spec.attempt, results=results, borrowed=borrowed)
+                             attempt=run.spec.attempt, results=results, borrowed=borrowed,
+                             retryable_error=retryable)
         session = self._sessions.get(run.session)
         if session is not None:
             session.answers[run.seq] = done
@@ -305,6 +337,13 @@ class ActorHost:
             raise InvariantViolation(
                 f"core_worker actor host: {len(self._running)} calls run at once, above "
                 f"max_concurrency={limit}")
+
+
+def _cancelled_results(spec: TaskSpec) -> tuple[ObjectResult, ...]:
+    error = ObjectError(kind="task_cancelled", message=(
+        f"actor call {spec.name} ({spec.task_id}) was cancelled before it started; "
+        "its results will never be available"))
+    return tuple(ObjectResult(object_id=oid, error=error) for oid in spec.return_ids)
 
 
 def _args(run: _Run) -> tuple[Payload | LocalObject, ...]:

@@ -9,6 +9,26 @@ when it ran, and ``ActorTaskRejected`` if it does not host that incarnation of
 that actor (the caller's view of the actor is stale: it asks the GCS again).
 Pushes are retransmitted until answered; the worker dedupes by ``seq``.
 
+Cancel (``shoal.cancel`` of a call's ref): a call still queued at the caller
+(no ``seq`` yet) fails at once with ``task_cancelled`` and is never sent. A
+call already pushed is pushed again with ``cancelled=True`` (and so are its
+retransmits, so a lost cancel is repaired like a lost push). The worker
+answers a cancelled call it has not started with ``task_cancelled`` at once,
+or when its ``seq`` comes up if earlier calls are still missing: its ``seq``
+is consumed either way, so it never blocks the calls behind it. A call
+already running is not interrupted (Ray: cancelling a running call of a sync
+or threaded actor is a no-op), except on an *async* actor (the host said
+``is_async`` in ``ActorInstanceCreated``): there the kernel asks the host to
+``InterruptActorTask``, and the host cancels the call's coroutine, which then
+reports ``task_cancelled`` through ``ActorTaskExecuted`` as usual.
+``force=True`` is refused by the API for actor calls (use ``shoal.kill``).
+
+Retries on exceptions: a call whose method raised reports ``retryable_error``
+when its spec says ``retry_exceptions`` (and the exception is allowed); the
+caller then pushes it again as a new call (next ``seq``, ``attempt`` + 1)
+while ``max_task_retries`` allows (-1: always), sharing that budget with
+retries after restarts.
+
 Host interface. Inputs from user code: ``ActorCreationRequested`` (register a
 new actor, answered ``ActorRequestCompleted``), ``ActorCallSubmitted`` (a
 method call; refused at once with ``ActorCallRefused`` past
@@ -35,6 +55,11 @@ def handle_object_id(actor_id: ActorId) -> ObjectId:
     return ObjectId(f"{actor_id}.h")
 
 
+def handle_actor_id(object_id: ObjectId) -> ActorId | None:
+    """The actor whose handle object this is, or None for any other object."""
+    return ActorId(object_id[:-2]) if object_id.endswith(".h") else None
+
+
 # --- caller <-> actor worker ---------------------------------------------------
 
 
@@ -46,6 +71,7 @@ class PushActorTask(Msg):
     processed: Seq  # every call below this seq has been answered
     spec: TaskSpec
     resolved: tuple[Payload | None, ...] = ()  # per arg: the caller's inline value of a ref arg
+    cancelled: bool = False  # the caller cancelled this call: answer task_cancelled if not started
 
 
 class ActorTaskAck(Msg):
@@ -59,6 +85,7 @@ class ActorTaskDone(Msg):
     attempt: Count
     results: tuple[ObjectResult, ...]
     borrowed: tuple[ObjectRefInfo, ...] = ()
+    retryable_error: bool = False  # the method raised an exception its spec retries
 
 
 class ActorTaskRejected(Msg):
@@ -105,6 +132,9 @@ class ActorInstanceCreated(Msg):
     actor_id: ActorId
     num_restarts: Count
     error: ActorDeathCause | None = None
+    # The host runs this actor's calls as coroutines: cancelling a running call then
+    # makes the kernel emit ``InterruptActorTask`` (never for sync or threaded actors).
+    is_async: bool = False
 
 
 class ActorTaskExecuted(Msg):
@@ -113,6 +143,7 @@ class ActorTaskExecuted(Msg):
     attempt: Count
     results: tuple[ObjectResult, ...]
     borrowed: tuple[ObjectRefInfo, ...] = ()
+    retryable_error: bool = False  # as ``TaskExecuted.retryable_error``
 
 
 # --- host effects ----------------------------------------------------------------
@@ -154,6 +185,19 @@ class ExecuteActorTask(Msg):
     actor_id: ActorId
     spec: TaskSpec
     args: tuple[Payload | LocalObject, ...]
+
+
+class InterruptActorTask(Msg):
+    """Cancel the running call ``task_id`` of the hosted *async* actor.
+
+    Only emitted for an actor whose ``ActorInstanceCreated`` said ``is_async``.
+    The host cancels the call's coroutine (``asyncio.Task.cancel``); the call
+    then ends as usual with ``ActorTaskExecuted``, its results holding a
+    ``task_cancelled`` error (or its value, if it finished first).
+    """
+
+    actor_id: ActorId
+    task_id: TaskId
 
 
 ACTOR_CALL_WIRE_TYPES: tuple[type[Msg], ...] = (

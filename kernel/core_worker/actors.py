@@ -37,9 +37,24 @@ When that object is freed and no call of this process is pending, the
 actor is out of scope: the owner asks the GCS to stop it (``KillActor`` with
 ``out_of_scope``; the GCS spares named and detached actors).
 
+Cancel (``cancel``): a call still queued here fails at once with
+``task_cancelled``; one already pushed is pushed again marked ``cancelled``
+(its retransmits too), and the worker answers it ``task_cancelled`` unless it
+already runs (see actor_protocol.py). A cancelled call is never retried.
+
+Retries on exceptions: an answer with ``retryable_error`` (the method raised
+and its spec has ``retry_exceptions``) sends the call back to the front of
+the queue (``attempt`` + 1, a new ``seq``) while ``max_task_retries`` allows.
+
 Lookups and kills (``GetNamedActor``, ``KillActor``) are GCS requests
 retransmitted every ``request_retry_ns`` until answered. A kill this process
 asks for with ``no_restart`` fails its own pending calls at once.
+
+Bookkeeping at scale: per-input work is proportional to what changed.
+``settle`` looks only at owned actors marked dirty (their handle object was
+freed, or their last pending call finished); dead entries are trimmed from
+an insertion-ordered index of dead actors; ``check_invariants`` checks a
+bounded number of entries and calls per step, cycling through all of them.
 
 Invariants (``check_invariants``): every call is indexed under its actor,
 queued or in flight exactly once; in-flight calls carry distinct sequence
@@ -63,6 +78,7 @@ from shoal.kernel.core_worker.actor_protocol import (
     ActorTaskDone,
     ActorTaskRejected,
     PushActorTask,
+    handle_actor_id,
     handle_object_id,
 )
 from shoal.kernel.core_worker.objects import ObjectTable
@@ -81,7 +97,7 @@ from shoal.kernel.gcs.actor_protocol import (
     PollActors,
     RegisterActor,
 )
-from shoal.kernel.ids import NANOS_PER_MILLI, ActorId, Nanos, TaskId
+from shoal.kernel.ids import NANOS_PER_MILLI, ActorId, Nanos, ObjectId, TaskId
 from shoal.kernel.messages import Address, CancelTimer, Msg, Rejected, Send, SetTimer
 from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
 
@@ -89,6 +105,7 @@ ACTOR_TIMER_PREFIX = "actor."
 _PUSH_TIMER = ACTOR_TIMER_PREFIX + "push."
 _REQUEST_TIMER = ACTOR_TIMER_PREFIX + "request."
 _POLL_TIMER = ACTOR_TIMER_PREFIX + "poll"
+_CHECK_BUDGET = 32  # entries (and calls) checked per check_invariants call
 ACTOR_REQUEST_TYPES = ("RegisterActor", "GetNamedActor", "KillActor")
 
 GcsRequest = RegisterActor | GetNamedActor | KillActor
@@ -107,6 +124,7 @@ class _Call:
     spec: TaskSpec
     retries_left: int
     seq: int = -1  # in the current incarnation; -1 while queued
+    cancelled: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -160,6 +178,10 @@ class ActorCaller:
         self._session = "0"
         self._poll_armed = False
         self._gc_watch: dict[ActorId, None] = {}  # owned, collectable, registered, not dead
+        self._gc_dirty: dict[ActorId, None] = {}  # watched actors settle must look at
+        self._dead: dict[ActorId, None] = {}  # dead entries, oldest first (to trim)
+        self._check_actors: list[ActorId] = []
+        self._check_calls: list[TaskId] = []
 
     # --- introspection ---------------------------------------------------
 
@@ -233,6 +255,7 @@ class ActorCaller:
         entry.registered = True
         if entry.gc:
             self._gc_watch[entry.actor_id] = None
+            self._gc_dirty[entry.actor_id] = None
         effects = self._apply(entry, msg.info, now) + self._arm_poll(now)
         return effects + self._complete(request, ActorRequestCompleted(
             call_id=0, info=msg.info, created=True))
@@ -364,7 +387,7 @@ class ActorCaller:
         msg = PushActorTask(
             actor_id=entry.actor_id, num_restarts=entry.incarnation, caller=entry.session,
             seq=call.seq, processed=next(iter(entry.inflight), entry.next_seq),  # lowest out
-            spec=call.spec, resolved=tuple(resolved))
+            spec=call.spec, resolved=tuple(resolved), cancelled=call.cancelled)
         return [Send(dst=entry.info.worker, msg=msg),
                 SetTimer(key=f"{_PUSH_TIMER}{call.spec.task_id}",
                          at_ns=now + self._config.push_retry_ns)]
@@ -377,7 +400,9 @@ class ActorCaller:
             task_id = entry.inflight[seq]
             _, call = self._calls[task_id]
             call.seq = -1
-            if call.retries_left != 0:
+            if call.cancelled:
+                effects += self._finish(task_id, None, _cancelled(call.spec))
+            elif call.retries_left != 0:
                 effects.append(CancelTimer(key=f"{_PUSH_TIMER}{task_id}"))
                 call.retries_left -= 1 if call.retries_left > 0 else 0
                 call.spec = msgspec.structs.replace(call.spec, attempt=call.spec.attempt + 1)
@@ -408,9 +433,14 @@ class ActorCaller:
             return []
         return self._poll(now)  # our view of the actor is stale: ask the GCS now
 
-    def on_done(self, src: Address, msg: ActorTaskDone) -> list[Msg]:
-        if msg.task_id not in self._calls:
+    def on_done(self, src: Address, msg: ActorTaskDone, now: Nanos) -> list[Msg]:
+        found = self._calls.get(msg.task_id)
+        if found is None:
             return []  # a duplicate, or a call that finished otherwise
+        call = found[1]
+        failed = any(r.error is not None for r in msg.results)
+        if failed and msg.retryable_error and call.retries_left != 0 and not call.cancelled:
+            return self._retry_call(self._actors[found[0]], call, now)
         for info in msg.borrowed:
             self._objects.add_borrower(info.object_id, src)
         for result in msg.results:
@@ -419,6 +449,34 @@ class ActorCaller:
                     self._objects.ensure(inner)
                     self._objects.mark_registered_borrower(inner.object_id)
         return self._finish(msg.task_id, msg.results, None)
+
+    def _retry_call(self, entry: _Actor, call: _Call, now: Nanos) -> list[Msg]:
+        """The method raised an exception its spec retries: run the call again (new seq)."""
+        task_id = call.spec.task_id
+        if call.seq >= 0:
+            entry.inflight.pop(call.seq, None)
+        call.seq = -1
+        call.retries_left -= 1 if call.retries_left > 0 else 0
+        call.spec = msgspec.structs.replace(call.spec, attempt=call.spec.attempt + 1)
+        entry.queue.appendleft(task_id)
+        return [CancelTimer(key=f"{_PUSH_TIMER}{task_id}"), *self._pump(entry, now)]
+
+    # --- cancel ------------------------------------------------------------------
+
+    def owns_call(self, task_id: TaskId) -> bool:
+        return task_id in self._calls
+
+    def cancel(self, task_id: TaskId, now: Nanos) -> list[Msg]:
+        """Cancels a pending call: a queued one fails now, a pushed one is re-pushed
+        marked ``cancelled`` (the worker decides: it may already run)."""
+        found = self._calls.get(task_id)
+        if found is None or found[1].cancelled:
+            return []  # finished already, or cancelled before
+        actor_id, call = found
+        call.cancelled = True
+        if call.seq < 0:
+            return self._finish(task_id, None, _cancelled(call.spec))
+        return self._push(self._actors[actor_id], call, now)
 
     def _finish(self, task_id: TaskId, results: tuple[ObjectResult, ...] | None,
                 error: ObjectError | None) -> list[Msg]:
@@ -430,6 +488,8 @@ class ActorCaller:
                 entry.inflight.pop(call.seq, None)
             elif task_id in entry.queue:
                 entry.queue.remove(task_id)
+            if actor_id in self._gc_watch and not entry.pending():
+                self._gc_dirty[actor_id] = None  # its last call: it may be out of scope now
         if results is not None:
             for result in results:
                 effects += self._objects.store(result)
@@ -481,6 +541,8 @@ class ActorCaller:
                 effects += self._objects.change_tasks(pinned, -1)
             entry.pinned = ()
             self._gc_watch.pop(entry.actor_id, None)
+            self._gc_dirty.pop(entry.actor_id, None)
+            self._dead[entry.actor_id] = None
             self._trim_dead()
             return effects
         if info.state == "RESTARTING" or (info.state == "ALIVE"
@@ -510,9 +572,14 @@ class ActorCaller:
         return bool(entry.pending()) or (entry.owned and entry.registered)
 
     def _trim_dead(self) -> None:
-        idle_dead = [a for a, e in self._actors.items() if e.dead and not e.pending()]
-        for actor_id in idle_dead[:max(len(idle_dead) - self._config.dead_entries_max, 0)]:
-            del self._actors[actor_id]
+        """Forgets the oldest dead entries past ``dead_entries_max`` (calls to a dead actor
+        fail at once, so a dead entry never has pending calls)."""
+        while len(self._dead) > self._config.dead_entries_max:
+            actor_id = next(iter(self._dead))
+            del self._dead[actor_id]
+            entry = self._actors.get(actor_id)
+            if entry is not None and entry.dead and not entry.pending():
+                del self._actors[actor_id]
 
     def on_timer(self, key: str, now: Nanos) -> list[Msg]:
         if key == _POLL_TIMER:
@@ -527,11 +594,22 @@ class ActorCaller:
 
     # --- end of each input ---------------------------------------------------------
 
+    def on_object_freed(self, object_id: ObjectId) -> None:
+        """An object was freed; if it is a watched actor's handle object, settle looks."""
+        actor_id = handle_actor_id(object_id)
+        if actor_id is not None and actor_id in self._gc_watch:
+            self._gc_dirty[actor_id] = None
+
     def settle(self, now: Nanos) -> list[Msg]:
-        """At the end of each input: stops owned actors whose every handle is gone."""
+        """At the end of each input: stops owned actors whose every handle is gone.
+        Only the actors marked dirty since the last input are looked at."""
         effects: list[Msg] = []
-        for actor_id in list(self._gc_watch):
-            entry = self._actors[actor_id]
+        while self._gc_dirty:
+            actor_id = next(iter(self._gc_dirty))
+            del self._gc_dirty[actor_id]
+            entry = self._actors.get(actor_id)
+            if entry is None or actor_id not in self._gc_watch:
+                continue
             if entry.pending() or handle_object_id(actor_id) in self._objects:
                 continue
             del self._gc_watch[actor_id]
@@ -541,31 +619,54 @@ class ActorCaller:
         return effects
 
     def check_invariants(self) -> None:
-        """Counts agree, and sequence numbers stay below each entry's next one. Calls are
-        cross-checked one by one only for small windows: this runs after every step."""
-        indexed = 0
-        for entry in self._actors.values():
-            indexed += entry.pending()
-            if entry.inflight and next(reversed(entry.inflight)) >= entry.next_seq:
-                raise InvariantViolation(
-                    f"core_worker actors: a call to {entry.actor_id!r} is in flight with a "
-                    f"seq not below the next one, {entry.next_seq}")
-            if len(entry.inflight) > 16:
+        """Sequence numbers stay below each entry's next one, and every call is indexed
+        where its entry says. Runs after every step, so it checks at most
+        ``_CHECK_BUDGET`` entries and calls per call, cycling through all of them."""
+        if not self._check_actors:
+            self._check_actors = list(self._actors)
+        for _ in range(min(_CHECK_BUDGET, len(self._check_actors))):
+            entry = self._actors.get(self._check_actors.pop())
+            if entry is not None:
+                self._check_entry(entry)
+        if not self._check_calls:
+            self._check_calls = list(self._calls)
+        for _ in range(min(_CHECK_BUDGET, len(self._check_calls))):
+            task_id = self._check_calls.pop()
+            found = self._calls.get(task_id)
+            if found is None:
                 continue
-            for seq, task_id in entry.inflight.items():
-                found = self._calls.get(task_id)
-                if found is None or found[0] != entry.actor_id or found[1].seq != seq:
-                    raise InvariantViolation(
-                        f"core_worker actors: call {task_id!r} is in flight to "
-                        f"{entry.actor_id!r} as seq {seq} but not indexed so")
-        if indexed != len(self._calls):
+            entry = self._actors.get(found[0])
+            seq = found[1].seq
+            indexed = entry is not None and (entry.inflight.get(seq) == task_id if seq >= 0
+                                             else len(entry.queue) > 16 or task_id in entry.queue)
+            if not indexed:
+                raise InvariantViolation(
+                    f"core_worker actors: call {task_id!r} to {found[0]!r} (seq {seq}) is "
+                    "neither queued nor in flight under its actor")
+
+    def _check_entry(self, entry: _Actor) -> None:
+        if entry.inflight and next(reversed(entry.inflight)) >= entry.next_seq:
             raise InvariantViolation(
-                f"core_worker actors: {len(self._calls)} calls pending but {indexed} queued "
-                "or in flight")
+                f"core_worker actors: a call to {entry.actor_id!r} is in flight with a "
+                f"seq not below the next one, {entry.next_seq}")
+        if len(entry.inflight) > 16:
+            return
+        for seq, task_id in entry.inflight.items():
+            found = self._calls.get(task_id)
+            if found is None or found[0] != entry.actor_id or found[1].seq != seq:
+                raise InvariantViolation(
+                    f"core_worker actors: call {task_id!r} is in flight to "
+                    f"{entry.actor_id!r} as seq {seq} but not indexed so")
 
 
 def _version(entry: _Actor) -> int:
     return entry.info.version if entry.info is not None else 0
+
+
+def _cancelled(spec: TaskSpec) -> ObjectError:
+    return ObjectError(kind="task_cancelled", message=(
+        f"actor call {spec.name} ({spec.task_id}) was cancelled before it started; "
+        "its results will never be available"))
 
 
 def _died(cause: ActorDeathCause) -> ObjectError:

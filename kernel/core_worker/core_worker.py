@@ -24,6 +24,14 @@ Effects: ``Send``, timers, and host effects (``GetCompleted``,
 
 After each input, every object that completed is announced to the calls, the
 submitter (task arguments) and the executor, until nothing more completes.
+
+Recursive cancel: while this worker runs a task, the tasks and actor calls its
+user code submits are recorded as that task's *children* (this process owns
+them). A ``CancelTask`` with ``recursive`` for the running task cancels those
+still pending (a pushed child's worker gets ``CancelTask`` in turn, so the
+cancel goes down the tree), and children the task submits after it was
+cancelled are cancelled as they arrive. The record ends with the task.
+``CancelRequested`` for an actor call's ref goes to ``ActorCaller.cancel``.
 """
 
 from __future__ import annotations
@@ -102,7 +110,7 @@ from shoal.kernel.raylet.protocol import (
     RegisterWorker,
     ReturnWorkerAck,
 )
-from shoal.kernel.task_spec import ObjectRefInfo
+from shoal.kernel.task_spec import ObjectRefInfo, producing_task
 
 CoreWorkerInput = (
     Started | Received | TimerFired | TaskSubmitted | ObjectPut | GetRequested | WaitRequested
@@ -110,6 +118,9 @@ CoreWorkerInput = (
     | ActorCreationRequested | ActorCallSubmitted | ActorLookupRequested | ActorKillRequested
     | ActorInstanceCreated | ActorTaskExecuted
 )
+
+
+CHILDREN_PRUNE_AT = 1024  # a parent's child record is pruned of finished ones past this
 
 
 class CoreWorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,6 +145,9 @@ class CoreWorker:
         self.gcs_client = GcsClient(gcs, self.config.gcs_client)
         self.actors = ActorCaller(address, gcs, self.objects, self.config.actors)
         self.actor_host = ActorHost(address, self.objects)
+        # Recursive cancel: tasks/calls submitted by each task running here, in order.
+        self._children: dict[TaskId, dict[TaskId, None]] = {}
+        self._cancelled_parents: dict[TaskId, bool] = {}  # running tasks cancelled: force
         self._dead_nodes: dict[NodeId, None] = {}
         self._incarnations: dict[NodeId, int] = {}
 
@@ -150,7 +164,8 @@ class CoreWorker:
             case TimerFired():
                 return self._on_timer(event, now)
             case TaskSubmitted():
-                return self.submitter.submit(event.spec, event.function, now)
+                effects = self.submitter.submit(event.spec, event.function, now)
+                return effects + self._adopt_child(event.spec.task_id, now)
             case ObjectPut():
                 return self._on_put(event)
             case GetRequested():
@@ -161,8 +176,10 @@ class CoreWorker:
                 return [e for info, delta in event.deltas
                         for e in self.objects.change_local(info, delta)]
             case CancelRequested():
-                return self.submitter.cancel(event.object_id, event.force)
+                return self._on_cancel_requested(event, now)
             case TaskExecuted():
+                self._children.pop(event.task_id, None)
+                self._cancelled_parents.pop(event.task_id, None)
                 return self.executor.on_executed(event, now)
             case KvCallRequested():
                 return self.gcs_client.handle(event, now=now)
@@ -172,7 +189,7 @@ class CoreWorker:
             case ActorCreationRequested():
                 return self.actors.on_create(event, now)
             case ActorCallSubmitted():
-                return self.actors.submit(event, now)
+                return self.actors.submit(event, now) + self._adopt_child(event.spec.task_id, now)
             case ActorLookupRequested():
                 return self.actors.on_lookup(event, now)
             case ActorKillRequested():
@@ -190,6 +207,46 @@ class CoreWorker:
             effects.append(Send(dst=self.raylet, msg=RegisterWorker(
                 worker_id=WorkerId(self.address.worker))))
         return effects
+
+    # --- cancel ----------------------------------------------------------------
+
+    def _on_cancel_requested(self, event: CancelRequested, now: Nanos) -> list[Msg]:
+        task_id = producing_task(event.object_id)
+        if task_id is not None and self.actors.owns_call(task_id):
+            return self.actors.cancel(task_id, now)  # force was refused by the API
+        return self.submitter.cancel(event.object_id, event.force, event.recursive)
+
+    def _on_cancel_task(self, src: Address, msg: CancelTask, now: Nanos) -> list[Msg]:
+        effects: list[Msg] = []
+        if msg.recursive and self.executor.running_task_id == msg.task_id:
+            # Children first: a forced cancel ends this process right after.
+            self._cancelled_parents[msg.task_id] = msg.force
+            for child in list(self._children.get(msg.task_id, ())):
+                effects += self._cancel_owned(child, msg.force, now)
+        return effects + self.executor.on_cancel(src, msg)
+
+    def _cancel_owned(self, task_id: TaskId, force: bool, now: Nanos) -> list[Msg]:
+        if self.actors.owns_call(task_id):
+            return self.actors.cancel(task_id, now)
+        return self.submitter.cancel_task(task_id, force, recursive=True)
+
+    def _adopt_child(self, task_id: TaskId, now: Nanos) -> list[Msg]:
+        """Records a task or call submitted by the running task, for recursive cancel."""
+        parent = self.executor.running_task_id
+        if parent is None:
+            return []
+        if parent in self._cancelled_parents:  # submitted after its parent was cancelled
+            return self._cancel_owned(task_id, self._cancelled_parents[parent], now)
+        children = self._children.setdefault(parent, {})
+        size = len(children)
+        if size >= CHILDREN_PRUNE_AT and size & (size - 1) == 0:  # amortized: at powers of 2
+            for child in [c for c in children if not self._pending(c)]:
+                del children[child]
+        children[task_id] = None
+        return []
+
+    def _pending(self, task_id: TaskId) -> bool:
+        return self.submitter.is_pending(task_id) or self.actors.owns_call(task_id)
 
     def _on_put(self, event: ObjectPut) -> list[Msg]:
         info = ObjectRefInfo(object_id=event.object_id, owner=self.address)
@@ -241,14 +298,14 @@ class CoreWorker:
             case ObjectLocationRemoved():
                 return self.objects.on_location_removed(msg)
             case CancelTask():
-                return self.executor.on_cancel(src, msg)
+                return self._on_cancel_task(src, msg, now)
             case NodeTableUpdate():
                 return self._on_node_table(msg, now)
             # --- actors (issue #4) ---
             case PushActorTask():
                 return self.actor_host.on_push(src, msg, now)
             case ActorTaskDone():
-                return self.actors.on_done(src, msg)
+                return self.actors.on_done(src, msg, now)
             case ActorTaskAck():
                 return self.actors.on_ack(msg)
             case ActorTaskRejected():
@@ -321,7 +378,9 @@ class CoreWorker:
             while objects.lost:
                 effects += self._on_lost(objects.lost.pop(0), now)
             while objects.freed_ids:
-                effects += self.submitter.forget_lineage(objects.freed_ids.pop(0))
+                object_id = objects.freed_ids.pop(0)
+                self.actors.on_object_freed(object_id)
+                effects += self.submitter.forget_lineage(object_id)
         return effects
 
     def _on_lost(self, object_id: ObjectId, now: Nanos) -> list[Msg]:

@@ -13,7 +13,8 @@ usually there is nothing to fetch), then ``RUNNING`` once the host is asked to
 the results contain, and starts the next queued task.
 
 ``CancelTask``: a queued or resolving task is answered ``task_cancelled`` at once;
-a running one is interrupted by the host (``InterruptTask``).
+a running one is interrupted by the host (``InterruptTask``). The core worker
+cancels the running task's children (``recursive``) before that.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class Executor:
     @property
     def current_task(self) -> TaskSpec | None:
         return self._current.push.spec if self._current else None
+
+    @property
+    def running_task_id(self) -> TaskId | None:
+        """The task whose user code runs now (tasks it submits are its children)."""
+        run = self._current
+        return run.push.spec.task_id if run is not None and run.phase is ExecPhase.RUNNING else None
 
     @property
     def busy(self) -> bool:

@@ -3,7 +3,9 @@
 Owner -> executor: ``PushTask`` runs one task on a leased worker; the worker
 answers ``TaskDone``. Both sides tolerate loss: the owner re-pushes on a timer,
 and the worker dedupes by ``(task_id, attempt)``, answering a re-push of a
-finished task with its cached ``TaskDone``. ``CancelTask`` interrupts a task.
+finished task with its cached ``TaskDone``. ``CancelTask`` interrupts a task;
+with ``recursive`` the worker also cancels the tasks the running task
+submitted (it owns them), whose workers do the same in turn.
 
 Object resolution: anyone holding a ref asks its owner with ``GetObject``; the
 owner answers ``ObjectStatus`` once the object exists (inline bytes, the nodes
@@ -100,6 +102,7 @@ class TaskDone(Msg):
 class CancelTask(Msg):
     task_id: TaskId
     force: bool = False
+    recursive: bool = True  # also cancel the tasks it submitted while running (Ray's default)
 
 
 # --- object resolution -----------------------------------------------------
@@ -158,8 +161,15 @@ class RefsChanged(Msg):
 
 
 class CancelRequested(Msg):
+    """``shoal.cancel``: cancel the task (or actor call) that returns ``object_id``.
+
+    ``recursive`` also cancels the tasks that task submitted while it ran (its
+    worker owns them), transitively. ``force`` is for tasks only (the API refuses
+    it for actor calls)."""
+
     object_id: ObjectId
     force: bool = False
+    recursive: bool = True
 
 
 class TaskExecuted(Msg):

@@ -21,7 +21,8 @@ with ``worker_crashed``. A task whose user code raised is retried only under
 ``retry_exceptions``. A spillback re-aims the request at the named raylet.
 
 Cancel: a waiting or queued task fails at once with ``task_cancelled``; a pushed
-one gets ``CancelTask`` and is never retried.
+one gets ``CancelTask`` (carrying ``recursive``: its worker then cancels the
+tasks it submitted) and is never retried.
 """
 
 from __future__ import annotations
@@ -530,9 +531,16 @@ class Submitter:
 
     # --- cancel ----------------------------------------------------------
 
-    def cancel(self, object_id: ObjectId, force: bool) -> list[Msg]:
+    def cancel(self, object_id: ObjectId, force: bool, recursive: bool = True) -> list[Msg]:
         task_id = self._by_return.get(object_id)
-        task = self._tasks.get(task_id) if task_id else None
+        return self.cancel_task(task_id, force, recursive) if task_id is not None else []
+
+    def is_pending(self, task_id: TaskId) -> bool:
+        return task_id in self._tasks
+
+    def cancel_task(self, task_id: TaskId, force: bool, recursive: bool = True) -> list[Msg]:
+        """Cancels a task this process owns (nothing if it finished already)."""
+        task = self._tasks.get(task_id)
         if task is None or task.cancelled:
             return []
         task.cancelled = True
@@ -544,7 +552,8 @@ class Submitter:
         if task.phase is TaskPhase.PUSHED:
             lease = self._leases.get(task.lease_id)
             if lease is not None:
-                return [Send(dst=lease.worker, msg=CancelTask(task_id=task.spec.task_id, force=force))]
+                return [Send(dst=lease.worker, msg=CancelTask(
+                    task_id=task.spec.task_id, force=force, recursive=recursive))]
         return []  # waiting for args: fails with task_cancelled when they are ready
 
     # --- phases and checks -----------------------------------------------
