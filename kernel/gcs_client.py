@@ -41,6 +41,10 @@ from shoal.kernel.gcs.protocol import (
     NodeTableUpdate,
     SubscribeNodes,
 )
+from shoal.kernel.gcs.placement_group_protocol import (  # placement groups
+    PlacementGroupReply,
+    PlacementGroupRequest,
+)
 from shoal.kernel.ids import NANOS_PER_MILLI, Nanos, Seq
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, SetTimer, Started, TimerFired
 from shoal.kernel.raylet.membership import NodeView
@@ -53,10 +57,11 @@ KvResult = Union[bool, bytes, None, int, tuple[bytes, ...]]
 
 
 class KvCallRequested(Msg):
-    """Host input: user code asked for a KV operation."""
+    """Host input: user code asked for a KV operation (or a placement group request,
+    whose reply completes the call with its msgpack encoding as ``value``)."""
 
     call_id: Seq
-    request: KvRequest
+    request: KvRequest | PlacementGroupRequest
 
 
 class CallCompleted(Msg):
@@ -79,7 +84,7 @@ class GcsClientConfig(msgspec.Struct, frozen=True, kw_only=True):
 @dataclass(slots=True, eq=False)
 class _Call:
     call_id: int
-    request: KvRequest
+    request: KvRequest | PlacementGroupRequest
 
 
 class GcsClient:
@@ -142,6 +147,11 @@ class GcsClient:
         ]
 
     def _on_reply(self, msg: Msg) -> list[Msg]:
+        if isinstance(msg, PlacementGroupReply):
+            pg_call = self._calls.pop(msg.request_id, None)
+            if pg_call is None:
+                return []  # a duplicate reply
+            return [CallCompleted(call_id=pg_call.call_id, value=msgspec.msgpack.encode(msg))]
         if not isinstance(msg, KvReply):
             return []
         call = self._calls.pop(msg.request_id, None)

@@ -15,6 +15,7 @@ from shoal.kernel.core_worker.actor_protocol import ACTOR_CALL_WIRE_TYPES
 from shoal.kernel.gcs import protocol as gcs
 from shoal.kernel.gcs import resource_protocol as resources
 from shoal.kernel.gcs.actor_protocol import ACTOR_WIRE_TYPES
+from shoal.kernel.gcs.placement_group_protocol import PLACEMENT_GROUP_WIRE_TYPES
 from shoal.kernel.messages import Address, Msg, Rejected
 from shoal.kernel.raylet import object_protocol as objects
 from shoal.kernel.raylet import protocol as raylet
@@ -37,6 +38,7 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     core.PushTask, core.TaskRunning, core.TaskDone, core.CancelTask, core.GetObject,
     core.ObjectStatus, core.RefReleased,
     *ACTOR_WIRE_TYPES, *ACTOR_CALL_WIRE_TYPES,  # actors (issue #4)
+    *PLACEMENT_GROUP_WIRE_TYPES,
 )
 
 WireMessage = Union[WIRE_TYPES]  # type: ignore[valid-type]

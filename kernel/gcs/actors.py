@@ -274,6 +274,20 @@ class ActorManager:
             f"by {src}; calls to it fail from now on. Create a new actor to go on"))
         return self._to_dead(row, cause, now) + [reply]
 
+    def kill_holding(self, resource: str, why: str, now: Nanos) -> list[Msg]:
+        """Placement groups: kills (for good) every actor not dead whose shape asks for
+        ``resource`` (its group was removed); ``why`` is the death message's cause."""
+        effects: list[Msg] = []
+        for row in list(self._rows.values()):
+            spec = row.spec
+            if row.phase is ActorPhase.DEAD or (resource not in spec.creation.resources
+                                                and resource not in spec.placement):
+                continue
+            effects += self._to_dead(row, ActorDeathCause(kind="killed", message=(
+                f"actor {row.actor_id} ({spec.class_name}) was killed because {why}; "
+                "create the actor again in a placement group that exists")), now)
+        return effects
+
     # --- the table ----------------------------------------------------------
 
     def on_poll(self, src: Address, msg: PollActors, now: Nanos) -> list[Msg]:

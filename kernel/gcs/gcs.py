@@ -12,6 +12,9 @@ The GCS is a set of sub-machines behind one ``handle`` entry:
 * ``ActorManager`` (``actors.py``): the actor table and lifecycle; it leases
   workers from raylets for actors, and rereads the node table and the
   resource view (dead nodes, departed workers) whenever either moves.
+* ``PlacementGroupManager`` (``placement_groups.py``): placement groups,
+  reserved on raylets in two phases, rescheduled when nodes die; the actors of
+  a removed group are killed through the actor manager.
 
 Inputs: ``Started`` (process start: arm the health-check timer), ``Received``
 (a protocol message from a peer), ``TimerFired``. Effects: ``Send``,
@@ -54,6 +57,18 @@ from shoal.kernel.gcs.protocol import (
 )
 from shoal.kernel.gcs.resource_protocol import NodeResources, ResourceReport
 from shoal.kernel.gcs.resources import ClusterResources, ResourceViewConfig
+from shoal.kernel.gcs.placement_group_protocol import (  # placement groups
+    BundlesCommitted,
+    BundlesPrepared,
+    BundlesReleased,
+    CreatePlacementGroup,
+    GetPlacementGroup,
+    ListPlacementGroups,
+    RemovePlacementGroup,
+    group_marker,
+)
+from shoal.kernel.gcs.placement_group_records import PG_TIMER_PREFIX, PgManagerConfig
+from shoal.kernel.gcs.placement_groups import PlacementGroupManager
 from shoal.kernel.ids import Nanos, NodeId
 from shoal.kernel.messages import (
     Address,
@@ -83,6 +98,7 @@ class GcsConfig(msgspec.Struct, frozen=True, kw_only=True):
     kv: KvConfig = msgspec.field(default_factory=KvConfig)
     resources: ResourceViewConfig = msgspec.field(default_factory=ResourceViewConfig)
     actors: ActorManagerConfig = msgspec.field(default_factory=ActorManagerConfig)
+    placement_groups: PgManagerConfig = msgspec.field(default_factory=PgManagerConfig)
 
 
 class _ClusterFacts:
@@ -126,6 +142,8 @@ class Gcs:
         self.resources.sync_nodes(self.nodes.rows)
         self.actors = ActorManager(self.config.actors, _ClusterFacts(self.nodes, self.resources),
                                    tables)
+        self.placement_groups = PlacementGroupManager(
+            self.config.placement_groups, _ClusterFacts(self.nodes, self.resources), tables)
 
     @property
     def node_table(self) -> tuple[NodeInfo, ...]:
@@ -139,7 +157,14 @@ class Gcs:
             self.resources.sync_nodes(self.nodes.rows)
         if (self.nodes.version, self.resources.version) != (table_version, view_version):
             effects += self.actors.on_cluster_changed(now)
-        return effects
+            effects += self.placement_groups.on_cluster_changed(now)
+        return effects + self._kill_removed_groups_actors(now)
+
+    def _kill_removed_groups_actors(self, now: Nanos) -> list[Msg]:
+        """Actors of a placement group die with it (Ray kills them on removal)."""
+        removed, self.placement_groups.removed_groups = self.placement_groups.removed_groups, []
+        return [e for pg_id in removed for e in self.actors.kill_holding(
+            group_marker(pg_id), f"its placement group {pg_id!r} was removed", now)]
 
     def _dispatch(self, event: GcsInput, now: Nanos) -> list[Msg]:
         match event:
@@ -150,9 +175,12 @@ class Gcs:
             case Started():
                 self.nodes.on_started(now)
                 self.resources.on_started(now)
-                return [self._arm_health_check(now), *self.actors.on_started(now)]
+                return [self._arm_health_check(now), *self.actors.on_started(now),
+                        *self.placement_groups.on_started(now)]
             case TimerFired(key=key) if key.startswith(ACTOR_TIMER_PREFIX):
                 return self.actors.on_timer(key, now)
+            case TimerFired(key=key) if key.startswith(PG_TIMER_PREFIX):
+                return self.placement_groups.on_timer(key, now)
             case TimerFired():
                 return []  # a timer from before a restart: stale
         return []
@@ -184,6 +212,16 @@ class Gcs:
             case LeaseGranted() | LeaseSpillback() | LeaseRejected() | LeasedWorkerDied() \
                     | ReturnWorkerAck() | LeaseCheck():
                 return self._on_actor_lease(src, msg, now)
+            # --- placement groups ---
+            case CreatePlacementGroup() | RemovePlacementGroup() | GetPlacementGroup() \
+                    | ListPlacementGroups():
+                return self.placement_groups.on_request(src, msg, now)
+            case BundlesPrepared():
+                return self.placement_groups.on_prepared(src, msg, now)
+            case BundlesCommitted():
+                return self.placement_groups.on_committed(src, msg, now)
+            case BundlesReleased():
+                return self.placement_groups.on_released(src, msg)
             case Rejected():
                 return []  # a peer refused something we sent; nothing to undo
         reason = (f"gcs: does not serve {type(msg).__name__} messages; "
@@ -238,3 +276,4 @@ class Gcs:
         self.nodes.check_invariants()
         self.resources.check_invariants(self.nodes.rows)
         self.actors.check_invariants()
+        self.placement_groups.check_invariants()

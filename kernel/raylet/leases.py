@@ -81,6 +81,7 @@ from shoal.kernel.raylet.protocol import (
     WorkerExited,
 )
 from shoal.kernel.raylet.resources import (
+    BUNDLE_HOLDER_PREFIX,
     ClusterView,
     LocalResources,
     Units,
@@ -120,6 +121,7 @@ class RequestPhase(Enum):
 _TRANSITIONS: dict[tuple[RequestPhase | None, RequestPhase], str] = {
     (None, RequestPhase.QUEUED): "queued here",
     (None, RequestPhase.INFEASIBLE): "fits no known node",
+    (RequestPhase.INFEASIBLE, RequestPhase.QUEUED): "fits here now (a bundle was committed)",
     (RequestPhase.QUEUED, RequestPhase.WAITING): "resources taken; a worker is on its way",
     (RequestPhase.WAITING, RequestPhase.GRANTED): "a worker is leased",
     (RequestPhase.WAITING, RequestPhase.QUEUED): "the node fate-shared; resources given back",
@@ -410,7 +412,24 @@ class LeaseManager:
                 if verdict is _Verdict.SPILL:
                     self._finish(request, record=False)
                     effects.append(self._spill(request, NodeId(detail)))
+                elif verdict is _Verdict.LOCAL and request.phase is RequestPhase.INFEASIBLE:
+                    self._move(request, RequestPhase.QUEUED)  # placement groups: capacity grew
         return effects
+
+    def evict_holding(self, resource: str, why: str, now: Nanos) -> list[Msg]:
+        """Placement groups: ends every request and lease asking for ``resource`` (a bundle
+        going away): granted ones' workers are killed (their owners told), pending ones are
+        refused, so nothing is left holding or waiting for it."""
+        effects: list[Msg] = []
+        deaths: list[_Death] = []
+        for request in [r for r in self._requests.values() if resource in r.need]:
+            if request.phase is RequestPhase.GRANTED:
+                effects += self.pool.kill(WorkerId(request.worker_id), why)
+                deaths.append((request.worker_id, request.lease_id, why, True))
+            else:
+                self._finish(request)
+                effects.append(self._reject(request.owner, request.request_id, why))
+        return effects + self._workers_died(deaths)
 
     def _spillable(self, request: _Request) -> bool:
         affinity = request.affinity
@@ -620,7 +639,8 @@ class LeaseManager:
         self._check_indexes()
         holders = sorted(r.lease_id for r in self._requests.values()
                          if r.phase in (RequestPhase.WAITING, RequestPhase.GRANTED))
-        if holders != sorted(self.ledger.holders):
+        if holders != sorted(h for h in self.ledger.holders
+                             if not h.startswith(BUNDLE_HOLDER_PREFIX)):
             raise InvariantViolation(f"raylet leases: leases {holders} but resources held by "
                                      f"{sorted(self.ledger.holders)}")
         for request in self._leases.values():

@@ -10,6 +10,8 @@ Responsibilities arrive as sub-machines behind one ``handle`` entry:
 * ``LeaseManager`` (``leases.py``): lease requests, the scheduling policy
   (local first, spillback, infeasible requests kept), the node's resource
   ledger and its ``WorkerPool`` (``workers.py``).
+* ``BundleTable`` (``bundles.py``): placement group bundles reserved here in two
+  phases for the GCS; their resources join the lease ledger when committed.
 * ``ObjectTable`` (``objects.py``): objects above the inline limit held in this
   node's store: primary copies pinned for their owners, pulls from other nodes
   in chunks, frees.
@@ -46,6 +48,12 @@ from shoal.kernel.gcs.protocol import (
 from shoal.kernel.gcs.resource_protocol import ResourceViewUpdate
 from shoal.kernel.ids import Nanos, NodeId, ObjectId
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, Started, TimerFired
+from shoal.kernel.gcs.placement_group_protocol import (  # placement groups
+    CommitBundles,
+    PrepareBundles,
+    ReleaseBundles,
+)
+from shoal.kernel.raylet.bundles import BundleTable
 from shoal.kernel.raylet.lease_checks import LEASE_CHECK_TIMER, LeaseCheckConfig, LeaseChecker
 from shoal.kernel.raylet.leases import LeaseConfig, LeaseManager
 from shoal.kernel.raylet.object_protocol import (
@@ -121,6 +129,7 @@ class Raylet:
             pool_config=config.workers, nodes=self.membership.view, cluster=self.cluster,
             rng=Random(seed),
         )
+        self.bundles = BundleTable(node_id, config.gcs, self.leases)  # placement groups
         self.reporter = ResourceReporter(node_id, config.leases.report_refresh_ticks)
         self.objects = ObjectTable(node_id, config.objects)
         self.lease_checker = LeaseChecker(config.lease_checks)
@@ -190,6 +199,8 @@ class Raylet:
             case LeaseCheckReply():
                 return [e for lease_id in self.lease_checker.on_reply(msg)
                         for e in self.leases.release(lease_id, now)]
+            case PrepareBundles() | CommitBundles() | ReleaseBundles():
+                return self.bundles.on_message(src, msg, now)
             case PullObject():
                 return self.objects.on_pull(src, msg, now)
             case PinObject():
@@ -232,6 +243,7 @@ class Raylet:
             cause = (f"node {self.node_id!r} was declared dead (incarnation {incarnation}); "
                      "its raylet killed its workers to rejoin the cluster")
             effects += self.leases.fate_share(cause, now)
+            effects += self.bundles.fate_share(now)
             effects += self.objects.fate_share()
         if membership.view.version != version:
             effects += self.leases.on_view_changed(now)
@@ -264,7 +276,8 @@ class Raylet:
 
     def quiescence_problems(self) -> list[str]:
         """Leases, requests, resources, workers or objects still held; [] when all is back."""
-        return self.leases.quiescence_problems() + self.objects.quiescence_problems()
+        return (self.leases.quiescence_problems() + self.objects.quiescence_problems()
+                + self.bundles.quiescence_problems())
 
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the raylet's indexes disagree.
@@ -277,3 +290,4 @@ class Raylet:
             return
         self.leases.check_invariants()
         self.objects.check_invariants()
+        self.bundles.check_invariants()

@@ -52,6 +52,7 @@ from shoal.kernel.ids import NodeId, WorkerId
 from shoal.kernel.messages import Address
 
 UNITS_PER_RESOURCE = 10_000
+BUNDLE_HOLDER_PREFIX = "bundle:"  # ledger holders that are placement-group bundles, not leases
 AMOUNT_MAX = 2**40
 DEPARTED_MAX = 4096
 Units = dict[str, int]
@@ -149,6 +150,26 @@ class LocalResources:
         for name, amount in held.items():
             self.available[name] += amount
         return held
+
+    def add_capacity(self, units: Mapping[str, int]) -> None:
+        """Placement groups: a committed bundle's resources join the node (total and free)."""
+        for name, amount in units.items():
+            self.total[name] = self.total.get(name, 0) + amount
+            self.available[name] = self.available.get(name, 0) + amount
+
+    def remove_capacity(self, units: Mapping[str, int]) -> None:
+        """Placement groups: a released bundle's resources leave the node; nobody may hold
+        them (the caller ended their leases first). Names that reach zero are dropped."""
+        for name, amount in units.items():
+            if self.available.get(name, 0) < amount:
+                raise ResourceError(
+                    f"raylet resources: cannot remove {amount} of {name!r}: only "
+                    f"{self.available.get(name, 0)} of it is free")
+        for name, amount in units.items():
+            self.total[name] -= amount
+            self.available[name] -= amount
+            if self.total[name] == 0:
+                del self.total[name], self.available[name]
 
     def lend(self, holder: str, name: str) -> int:
         """Moves the holder's share of ``name`` back to the pool; returns the amount moved."""
