@@ -18,7 +18,8 @@ as the simulator's ``SimActorHost`` does (``sim/actor_host.py``):
   thread for ``max_concurrency == 1`` (calls then run one after another, in the
   order the kernel started them), else a pool of ``max_concurrency`` threads
   (the kernel starts at most that many calls at once, so none waits for a
-  thread). Async actors will add their branch there (an asyncio loop thread).
+  thread). An async actor's calls all go to its event loop thread instead
+  (``runtime/async_actor_loop.py``), started once the constructor has run.
   Return values above the inline limit are sealed in the node's store, as a
   task's are; ``ActorTaskExecuted`` goes back to the kernel.
 
@@ -51,6 +52,7 @@ from shoal.kernel.gcs.actor_protocol import ActorDeathCause
 from shoal.kernel.task_spec import Payload, TaskSpec
 from shoal.runtime.api.actor import create_instance, execute_method
 from shoal.runtime.api.exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
+from shoal.runtime.async_actor_loop import AsyncActorLoop
 from shoal.runtime.driver import ProdWorkerContext
 
 Job = Callable[[], None]
@@ -70,6 +72,7 @@ class ActorRunner:
         self._on_main = on_main
         self._instance: Any = None
         self._pool: ThreadPoolExecutor | None = None
+        self._async_loop: AsyncActorLoop | None = None  # an async actor's event loop
 
     # --- the trio thread: effects of the core worker -------------------------------------
 
@@ -89,6 +92,9 @@ class ActorRunner:
         The dispatch point for new kinds of actors (async methods: a coroutine on
         an asyncio loop thread).
         """
+        if self._async_loop is not None:  # async actor: a coroutine on its event loop
+            self._async_loop.submit(effect)
+            return
         pool = self._pool
         if pool is None:
             self._on_main(lambda: self._run_call(effect))
@@ -105,6 +111,8 @@ class ActorRunner:
         """Stops the pool from taking more calls (the process is ending)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._async_loop is not None:
+            self._async_loop.stop()
 
     # --- user threads ------------------------------------------------------------------
 
@@ -126,6 +134,9 @@ class ActorRunner:
             else:
                 self._instance, report = create_instance(spec, effect.num_restarts, args,
                                                          effect.function, ctx)
+                self._async_loop = AsyncActorLoop.for_instance(  # before any call starts
+                    ctx, self._instance,
+                    lambda exc: self._on_main(functools.partial(_reraise, exc)))
                 del args  # the arguments' views of the store: their leases can end
         finally:
             ctx.end_task()

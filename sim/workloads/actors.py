@@ -5,7 +5,9 @@ counters that may restart forever (``max_restarts=-1``, ``max_task_retries=-1``)
 and fragile ones that may not, a threaded counter (``max_concurrency > 1``), a
 named detached key-value actor found with ``get_actor`` from tasks, tasks that
 call actors through handles passed to them and create actors of their own, an
-actor that calls another through a handle passed to it,
+actor that calls another through a handle passed to it, an async actor (its
+calls interleave at ``await asyncio.sleep`` on virtual time, and ``await``
+refs of tasks the driver passes in),
 ``kill`` (for good, and with a restart), and handles dropped so actors go out
 of scope. The shape is drawn from the seed.
 
@@ -19,10 +21,11 @@ same Python process, under the baton), which checks at once:
 * a call never runs in an incarnation older than the newest one its caller
   had heard of when it submitted the call (it never sees state from before a
   restart it was submitted after);
-* a threaded actor never runs more calls at once than ``max_concurrency``.
+* a threaded or async actor never runs more calls at once than ``max_concurrency``.
 
 The program asserts every result: call i of a fragile counter answers i + 1 or
-``RayActorError``; a restartable counter never fails;
+``RayActorError``; a restartable counter never fails; an async actor's sum of
+awaited task results is exact;
 a killed actor answers ``RayActorError`` (no handle hangs on a dead actor: a
 hang is a liveness violation). At quiescence (after the heal): every actor is
 dead and its lease given back, no call or request pending in any core worker,
@@ -31,6 +34,7 @@ no object left, and every raylet has all its resources back.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any
@@ -124,6 +128,44 @@ class Counter:
             return [count for _, count in shoal.get(refs)]
         finally:
             _RECORDER.end(actor, incarnation)
+
+
+class AsyncCounter:
+    """An async actor: calls interleave at their awaits; ``total`` awaits task refs."""
+
+    def __init__(self, limit: int) -> None:
+        self.count = 0
+        self.limit = limit
+
+    async def incr(self, tag: tuple[str, int, int, bool], pause_s: float = 0.0) -> tuple[int, int]:
+        actor, incarnation = _me()
+        assert _RECORDER is not None
+        _RECORDER.start(actor, incarnation, tag, self.limit)
+        try:
+            if pause_s:
+                await asyncio.sleep(pause_s)  # virtual time: other calls run meanwhile
+            self.count += 1
+            return incarnation, self.count
+        finally:
+            _RECORDER.end(actor, incarnation)
+
+    async def total(self, tag: tuple[str, int, int, bool], refs: list[Any]) -> int:
+        """Awaits the refs of tasks (passed in a list, so they arrive as refs)."""
+        actor, incarnation = _me()
+        assert _RECORDER is not None
+        _RECORDER.start(actor, incarnation, tag, self.limit)
+        try:
+            first = await refs[0] if refs else 0
+            values = await asyncio.gather(*refs)
+            assert not refs or values[0] == first, (values, first)
+            return sum(values)
+        finally:
+            _RECORDER.end(actor, incarnation)
+
+
+def square(x: int) -> int:
+    """A task body whose refs the async actor awaits."""
+    return x * x
 
 
 class KeyValue:
@@ -263,6 +305,13 @@ def _one_round(driver: _Caller, shape: _Shape, round_no: int) -> Any:
              for _ in range(shape.tasks)]
     owned = shoal.remote(max_retries=-1)(own_counter).remote(shape.calls)
     relayed = sturdy[-1].relay.remote(driver.tag(sturdy[-1], True), threaded, shape.calls)
+    aio_limit = shape.threads if round_no % 2 else 1000  # 1000: Ray's async default
+    aio = shoal.remote(AsyncCounter).options(
+        max_restarts=-1, max_task_retries=-1,
+        **({"max_concurrency": aio_limit} if aio_limit != 1000 else {})).remote(aio_limit)
+    aio_slow = [aio.incr.remote(driver.tag(aio, True), 0.05) for _ in range(shape.threads * 2)]
+    squares = [shoal.remote(max_retries=-1)(square).remote(i) for i in range(shape.calls)]
+    aio_total = aio.total.remote(driver.tag(aio, True), squares)
 
     for results in shoal.get([r for rs in refs for r in rs]), shoal.get(slow):
         assert all(count >= 1 for _, count in results), results
@@ -273,6 +322,8 @@ def _one_round(driver: _Caller, shape: _Shape, round_no: int) -> Any:
         assert value == round_no or incarnation != put_in, (incarnation, value, put_in)
     assert len(shoal.get(owned)) == shape.calls
     assert len(shoal.get(relayed)) == shape.calls and min(shoal.get(relayed)) >= 1
+    assert all(count >= 1 for _, count in shoal.get(aio_slow))
+    assert shoal.get(aio_total) == sum(i * i for i in range(shape.calls))
 
     victim = sturdy[0]
     shoal.kill(victim, no_restart=False)  # restarts: the next calls still succeed
