@@ -399,7 +399,7 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects):
 
     def cancel_task(self, ref: ObjectRefInfo, force: bool, recursive: bool) -> None:
         self._check_alive()
-        self._post(CancelRequested(object_id=ref.object_id, force=force))
+        self._post(CancelRequested(object_id=ref.object_id, force=force, recursive=recursive))
 
     def ref_added(self, ref: ObjectRefInfo) -> None:
         self._refs.append((ref, 1))

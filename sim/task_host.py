@@ -420,7 +420,7 @@ class SimWorkerContext(ActorContextMixin):
         return list(self._host.baton.block(future))
 
     def cancel_task(self, ref: ObjectRefInfo, force: bool, recursive: bool) -> None:
-        self._inject(CancelRequested(object_id=ref.object_id, force=force))
+        self._inject(CancelRequested(object_id=ref.object_id, force=force, recursive=recursive))
 
     def ref_added(self, ref: ObjectRefInfo) -> None:
         self._ref_deltas[ref] = self._ref_deltas.get(ref, 0) + 1

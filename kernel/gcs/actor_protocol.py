@@ -56,10 +56,14 @@ class ActorDeathCause(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MethodMeta(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """One actor method as handles need it: its name and default ``num_returns``."""
+    """One actor method as handles need it: its name and default ``num_returns``,
+    and its ``@method`` retry options (``max_task_retries`` None: the actor's)."""
 
     name: str
     num_returns: Count = 1
+    retry_exceptions: bool = False
+    retry_exception_allowlist: bytes = b""  # pickled exception classes, opaque to kernels
+    max_task_retries: RetryCount | None = None
 
 
 class ActorSpec(msgspec.Struct, frozen=True, kw_only=True):

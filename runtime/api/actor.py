@@ -71,7 +71,19 @@ __all__ = [
     "kill",
 ]
 
-_METHOD_CALL_OPTIONS = ("num_returns", "max_task_retries", "name")
+_METHOD_CALL_OPTIONS = ("num_returns", "max_task_retries", "name", "retry_exceptions")
+
+
+def _retry_fields(value: Any, where: str) -> tuple[bool, bytes]:
+    from shoal.runtime.api.api import retry_exception_fields  # lazily: no import cycle
+
+    return retry_exception_fields(value, where)
+
+
+def _note_actor_call_refs(refs: list[ObjectRef]) -> None:
+    from shoal.runtime.api.api import note_actor_call_refs
+
+    note_actor_call_refs(refs)
 
 
 def _methods_of(cls: type) -> tuple[MethodMeta, ...]:
@@ -80,7 +92,11 @@ def _methods_of(cls: type) -> tuple[MethodMeta, ...]:
         if name.startswith("__") and name != "__call__":
             continue
         num_returns = getattr(member, "__ray_num_returns__", 1)
-        metas.append(MethodMeta(name=name, num_returns=int(num_returns)))
+        opts = getattr(member, "__shoal_method_options__", {})  # retry options (api.method)
+        retry, allowlist = _retry_fields(opts.get("retry_exceptions", False), f"method {name}")
+        metas.append(MethodMeta(name=name, num_returns=int(num_returns), retry_exceptions=retry,
+                                retry_exception_allowlist=allowlist,
+                                max_task_retries=opts.get("max_task_retries")))
     return tuple(metas)
 
 
@@ -295,8 +311,13 @@ class ActorMethod:
         ctx = get_context()
         info = self._handle._info
         num_returns = int(self._options.get("num_returns", self._meta.num_returns))
-        retries = int(self._options.get("max_task_retries", info.max_task_retries))
+        meta = self._meta
+        retries = int(self._options.get("max_task_retries", info.max_task_retries
+                                        if meta.max_task_retries is None else meta.max_task_retries))
         name = self._options.get("name") or f"{info.class_name}.{self._meta.name}"
+        retry_exc, allowlist = meta.retry_exceptions, meta.retry_exception_allowlist
+        if "retry_exceptions" in self._options:
+            retry_exc, allowlist = _retry_fields(self._options["retry_exceptions"], name)
         keep_alive: list[ObjectRef] = []
         task_args = [RemoteFunction._arg(ctx, v, f"argument {i} of {name}", keep_alive)
                      for i, v in enumerate(args)]
@@ -307,8 +328,10 @@ class ActorMethod:
             task_id=ctx.next_task_id(), job_id=ctx.job_id, name=name, owner=ctx.address,
             function_id=self._meta.name, args=tuple(task_args), kwarg_names=tuple(kwargs),
             num_returns=num_returns, resources={}, max_retries=retries,
+            retry_exceptions=retry_exc, retry_exception_allowlist=allowlist,
             depth=(parent.depth + 1) if parent is not None else 1)
         refs = [ObjectRef(object_id, ctx.address) for object_id in spec.return_ids]
+        _note_actor_call_refs(refs)  # cancel refuses force=True for them
         _actors(ctx).submit_actor_task(info.actor_id, spec, retries, info.max_pending_calls)
         del keep_alive
         if num_returns == 1:
@@ -351,7 +374,7 @@ def execute_method(instance: Any, actor_id: ActorId, spec: TaskSpec, args: tuple
     executed = execute(spec, args, b"", ctx, target=_method(instance, actor_id, spec))
     return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
                              attempt=executed.attempt, results=executed.results,
-                             borrowed=executed.borrowed)
+                             borrowed=executed.borrowed, retryable_error=executed.retryable_error)
 
 
 async def execute_method_async(instance: Any, actor_id: ActorId, spec: TaskSpec,
@@ -365,7 +388,7 @@ async def execute_method_async(instance: Any, actor_id: ActorId, spec: TaskSpec,
     executed = await execute_async(spec, args, ctx, target=_method(instance, actor_id, spec))
     return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
                              attempt=executed.attempt, results=executed.results,
-                             borrowed=executed.borrowed)
+                             borrowed=executed.borrowed, retryable_error=executed.retryable_error)
 
 
 def _method(instance: Any, actor_id: ActorId, spec: TaskSpec) -> Any:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
+
+import cloudpickle
 
 from shoal.kernel.ids import ObjectId
 from shoal.kernel.task_spec import ObjectRefInfo
@@ -215,13 +218,58 @@ def wait(
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancels the task that creates ``object_ref``; its ``get`` then raises
-    ``TaskCancelledError``. A running task is interrupted (``force`` kills its worker)."""
+    """Cancels the task or actor call that creates ``object_ref``.
+
+    Its ``get`` then raises ``TaskCancelledError``. A running task is interrupted
+    (``force`` kills its worker); with ``recursive`` (the default) the tasks it
+    submitted are cancelled too. An actor call that has not started never runs;
+    one already running is left to finish (it is interrupted only on an async
+    actor, where its coroutine is cancelled).
+
+    Raises:
+        TypeError: ``object_ref`` is not an ``ObjectRef``.
+        ValueError: ``force=True`` for an actor call (kill the actor instead).
+    """
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(
             "shoal.cancel() only supported for object refs. For actors, try shoal.kill(). "
             f"Got: {type(object_ref)}.")
+    if force and object_ref in _actor_call_refs:
+        raise ValueError(
+            f"force=True is not supported for actor tasks (object ref {object_ref.object_id} "
+            "is the result of an actor call); use shoal.kill(actor) to stop the actor, or "
+            "cancel without force")
     get_context().cancel_task(object_ref.info, bool(force), bool(recursive))
+
+
+# The refs returned by actor calls made in this process, while they live: ``cancel``
+# refuses ``force`` for them (as Ray does). Weak, so it holds nothing alive.
+_actor_call_refs: weakref.WeakSet[ObjectRef] = weakref.WeakSet()
+_actor_call_refs_lock = threading.Lock()
+
+
+def note_actor_call_refs(refs: list[ObjectRef]) -> None:
+    """Records the refs an actor call returned (called by ``ActorMethod.remote``)."""
+    with _actor_call_refs_lock:
+        for ref in refs:
+            _actor_call_refs.add(ref)
+
+
+def retry_exception_fields(value: Any, where: str) -> tuple[bool, bytes]:
+    """A ``retry_exceptions`` option (a bool, or a list of exception classes) as the
+    ``TaskSpec`` fields ``retry_exceptions`` and ``retry_exception_allowlist``.
+
+    Raises:
+        TypeError: ``value`` is neither.
+    """
+    if isinstance(value, bool):
+        return value, b""
+    if isinstance(value, list | tuple) and all(
+            isinstance(v, type) and issubclass(v, BaseException) for v in value):
+        return bool(value), (cloudpickle.dumps(tuple(value), protocol=5) if value else b"")
+    raise TypeError(
+        f"{where}: retry_exceptions must be either a boolean or a list of exception "
+        f"classes, got {value!r}")
 
 
 # --- cluster -------------------------------------------------------------------
@@ -334,6 +382,12 @@ def method(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
             raise ValueError(
                 f"Unexpected keyword argument to @method: '{key}'. The supported keyword "
                 f"arguments are {list(_METHOD_OPTIONS)}")
+    if "retry_exceptions" in kwargs:
+        retry_exception_fields(kwargs["retry_exceptions"], "@method")  # fails early if bad
+    retries = kwargs.get("max_task_retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < -1:
+        raise ValueError(f"@method: max_task_retries must be an integer >= -1 (-1: retry "
+                         f"forever), got {retries!r}")
 
     def annotate(function: Any) -> Any:
         function.__shoal_method_options__ = dict(kwargs)

@@ -1,0 +1,163 @@
+"""Cancel (recursive, actor calls) and actor retries on exceptions, end to end in the simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal import exceptions
+from shoal.sim import Simulation, api
+
+
+@shoal.remote
+class Marks:
+    """Collects marks from tasks, so the driver can see what ran."""
+
+    def __init__(self) -> None:
+        self.marks: list[str] = []
+
+    def mark(self, what: str) -> None:
+        self.marks.append(what)
+
+    def read(self) -> list[str]:
+        return list(self.marks)
+
+
+def _recursive_program(recursive: bool) -> dict[str, Any]:
+    marks = Marks.remote()
+
+    @shoal.remote(max_retries=0)
+    def child(i: int, marks: Any) -> str:
+        api.sleep(5.0)
+        shoal.get(marks.mark.remote(f"child{i}"))
+        return "child"
+
+    @shoal.remote(max_retries=0)
+    def parent(marks: Any) -> str:
+        refs = [child.remote(i, marks) for i in range(2)]
+        return str(shoal.get(refs))
+
+    ref = parent.remote(marks)
+    api.sleep(1.0)  # the parent runs, blocked on its children, which run too
+    shoal.cancel(ref, recursive=recursive)
+    out: dict[str, Any] = {}
+    try:
+        shoal.get(ref)
+    except exceptions.TaskCancelledError:
+        out["parent"] = "cancelled"
+    api.sleep(20.0)  # long past when the children would have finished
+    out["marks"] = sorted(shoal.get(marks.read.remote()))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recursive_cancel_stops_the_children_the_task_submitted(seed: int) -> None:
+    result = Simulation(seed=seed, nodes=3).run(lambda: _recursive_program(True))
+    assert not result.violations, f"seed {seed}: {result.violations}"
+    assert result.value == {"parent": "cancelled", "marks": []}, f"seed {seed}"
+
+
+def test_non_recursive_cancel_lets_the_children_finish() -> None:
+    result = Simulation(seed=1, nodes=3).run(lambda: _recursive_program(False))
+    assert not result.violations, result.violations
+    assert result.value == {"parent": "cancelled", "marks": ["child0", "child1"]}
+
+
+def test_cancel_of_actor_calls_skips_queued_ones_and_lets_a_running_one_finish() -> None:
+    def main() -> dict[str, Any]:
+        @shoal.remote
+        class Slow:
+            def __init__(self) -> None:
+                self.ran: list[int] = []
+
+            def nap(self, i: int) -> int:
+                api.sleep(1.0)
+                self.ran.append(i)
+                return i
+
+            def log(self) -> list[int]:
+                return list(self.ran)
+
+        actor = Slow.remote()
+        refs = [actor.nap.remote(i) for i in range(4)]
+        api.sleep(0.5)  # call 0 runs, the others wait behind it
+        shoal.cancel(refs[1])
+        shoal.cancel(refs[0])  # running: a sync method is not interrupted
+        out: dict[str, Any] = {}
+        try:
+            shoal.cancel(refs[2], force=True)
+        except ValueError as error:
+            out["force"] = "not supported for actor tasks" in str(error)
+        values: list[Any] = []
+        for ref in refs:
+            try:
+                values.append(shoal.get(ref))
+            except exceptions.TaskCancelledError:
+                values.append("cancelled")
+        out["values"] = values
+        out["ran"] = shoal.get(actor.log.remote())
+        return out
+
+    result = Simulation(seed=2, nodes=2).run(main)
+    assert not result.violations, result.violations
+    assert result.value == {"force": True, "values": [0, "cancelled", 2, 3], "ran": [0, 2, 3]}
+
+
+def test_actor_methods_retry_on_exceptions_within_max_task_retries() -> None:
+    def main() -> dict[str, Any]:
+        @shoal.remote(max_task_retries=3)
+        class Flaky:
+            def __init__(self) -> None:
+                self.calls: dict[str, int] = {}
+
+            def _count(self, name: str) -> int:
+                self.calls[name] = self.calls.get(name, 0) + 1
+                return self.calls[name]
+
+            @shoal.method(retry_exceptions=[ValueError])
+            def third_time_lucky(self) -> int:
+                if self._count("lucky") < 3:
+                    raise ValueError("not yet")
+                return self.calls["lucky"]
+
+            @shoal.method(retry_exceptions=[ValueError])
+            def wrong_kind(self) -> None:
+                self._count("wrong")
+                raise KeyError("not in the allowlist")
+
+            def always(self) -> None:
+                self._count("always")
+                raise ValueError("never works")
+
+            def counts(self) -> dict[str, int]:
+                return dict(self.calls)
+
+        actor = Flaky.remote()
+        out: dict[str, Any] = {"lucky": shoal.get(actor.third_time_lucky.remote())}
+        for name, ref in (("wrong", actor.wrong_kind.remote()),
+                          ("plain", actor.always.remote()),
+                          ("options", actor.always.options(
+                              retry_exceptions=True, max_task_retries=1).remote())):
+            try:
+                shoal.get(ref)
+            except exceptions.RayTaskError as error:
+                out[name] = type(error).__name__
+        out["counts"] = shoal.get(actor.counts.remote())
+        return out
+
+    result = Simulation(seed=3, nodes=2).run(main)
+    assert not result.violations, result.violations
+    assert result.value == {
+        "lucky": 3, "wrong": "RayTaskError(KeyError)", "plain": "RayTaskError(ValueError)",
+        "options": "RayTaskError(ValueError)",
+        # always: once without retries, then twice (one retry) with the options
+        "counts": {"lucky": 3, "wrong": 1, "always": 3}}
+
+
+def test_method_rejects_a_bad_retry_option() -> None:
+    with pytest.raises(TypeError, match="retry_exceptions must be either a boolean"):
+        shoal.method(retry_exceptions="yes")
+    with pytest.raises(ValueError, match="max_task_retries must be an integer >= -1"):
+        shoal.method(max_task_retries=-5)
