@@ -76,6 +76,7 @@ from shoal.kernel.messages import Address, Msg, Received, Started
 from shoal.kernel.task_spec import INLINE_BYTES_MAX, ObjectRefInfo, Payload, TaskSpec
 from shoal.kernel.wire import Envelope
 from shoal.runtime.actor_context import ProdActorContext
+from shoal.runtime.pg_context import ProdPlacementGroupContext  # placement groups
 from shoal.runtime.async_objects import ProdAsyncObjects
 from shoal.runtime.api.exceptions import RaySystemError
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect
@@ -272,7 +273,7 @@ def _timeout_ns(timeout_s: float | None) -> int | None:
     return None if timeout_s is None else max(0, int(timeout_s * 1e9))
 
 
-class ProdWorkerContext(ProdActorContext, ProdAsyncObjects):
+class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupContext):
     """The ``WorkerContext`` (and ``ActorContext``) of a driver or worker process (see the
     module docstring)."""
 

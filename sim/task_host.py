@@ -66,6 +66,7 @@ from shoal.kernel.task_spec import (
     producing_task,
 )
 from shoal.sim.actor_host import ActorContextMixin, SimActorHost  # actors (issue #4)
+from shoal.sim.pg_host import PlacementGroupContextMixin  # placement groups
 from shoal.sim.baton import Baton, SimFuture, UserThread
 from shoal.sim.engine import SimProcess, Store
 from shoal.sim.harness import ClusterSim
@@ -326,7 +327,7 @@ class TaskHost:
             state.threads.pop(thread, None)
 
 
-class SimWorkerContext(ActorContextMixin):
+class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin):
     """The ``WorkerContext`` of one simulated process (driver or worker)."""
 
     def __init__(self, host: TaskHost, address: Address) -> None:

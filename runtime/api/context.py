@@ -80,6 +80,7 @@ from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
 __all__ = [
     "NOT_INITIALIZED",
     "ActorContext",
+    "PlacementGroupContext",
     "AsyncObjectsContext",
     "NotInitializedError",
     "WorkerContext",
@@ -249,6 +250,24 @@ class AsyncObjectsContext(Protocol):
             A future whose value reads the results, one per ref in the order given,
             as ``get_objects`` returns them.
         """
+        ...
+
+
+@runtime_checkable
+class PlacementGroupContext(Protocol):
+    """The placement group half of a host's context (``placement_group.py``).
+
+    Hosts implement it over their GCS client (``sim/pg_host.py``,
+    ``runtime/pg_context.py``); a context without it makes the placement group
+    API raise ``NotImplementedError``.
+    """
+
+    def placement_group_call(self, request: Any) -> Any:
+        """Sends one placement group request (``CreatePlacementGroup``,
+        ``RemovePlacementGroup``, ``GetPlacementGroup`` or ``ListPlacementGroups``,
+        whose ``request_id`` the GCS client overwrites) to the GCS; blocks until the
+        ``PlacementGroupReply`` comes (retransmitting meanwhile) and returns it.
+        A reply with ``error`` set is returned, not raised."""
         ...
 
 

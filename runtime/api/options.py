@@ -18,7 +18,8 @@ Accepted but without effect (there is nothing in shoal yet that they change):
 ``_generator_backpressure_num_objects``, and ``runtime_env`` (a non-empty one
 warns: tasks run in the worker's own environment). Options that would change
 what a program computes are refused with a clear error instead of ignored:
-placement groups, ``label_selector``, generator ``num_returns``.
+``label_selector``, generator ``num_returns``. Placement groups
+(``placement_group.py``) rewrite the resource request into the group's.
 """
 
 from __future__ import annotations
@@ -202,12 +203,10 @@ def validate_task_options(options: Mapping[str, Any], *, in_options: bool) -> No
 
 def _refuse_unsupported(options: Mapping[str, Any]) -> None:
     if options.get("placement_group") not in (None, "default") or isinstance(
-            options.get("scheduling_strategy"), PlacementGroupSchedulingStrategy) or options.get(
-            "placement_group_bundle_index") not in (None, -1) or options.get(
-            "placement_group_capture_child_tasks"):
-        raise NotImplementedError(
-            "placement groups are not supported yet; schedule with 'DEFAULT', 'SPREAD' or "
-            "NodeAffinitySchedulingStrategy instead")
+            options.get("scheduling_strategy"), PlacementGroupSchedulingStrategy):
+        from shoal.runtime.api.placement_group import in_placement_group
+
+        in_placement_group({}, options)  # placement groups: raises on a bad group or index
     if options.get("label_selector"):
         raise NotImplementedError(
             "label_selector is not supported yet; use custom resources (resources={...}) "
@@ -274,6 +273,12 @@ def _affinity(strategy: Any) -> NodeAffinity | None:
     return None
 
 
+def _in_group(resources: dict[str, float], options: Mapping[str, Any]) -> dict[str, float]:
+    from shoal.runtime.api.placement_group import in_placement_group  # placement groups
+
+    return in_placement_group(resources, options)
+
+
 def resolve_task_options(options: Mapping[str, Any]) -> TaskOptions:
     """Turns validated, merged options into the fields of a ``TaskSpec``."""
     retry = _value(options, "retry_exceptions")
@@ -283,7 +288,7 @@ def resolve_task_options(options: Mapping[str, Any]) -> TaskOptions:
         retry = bool(retry)
     return TaskOptions(
         num_returns=int(_value(options, "num_returns")),
-        resources=task_resources(options),
+        resources=_in_group(task_resources(options), options),
         max_retries=int(_value(options, "max_retries")),
         retry_exceptions=bool(retry),
         retry_exception_allowlist=allowlist,
@@ -400,6 +405,9 @@ def resolve_actor_options(options: Mapping[str, Any], *, is_async: bool = False)
         placement["CPU"] = 1.0  # Ray: 1 CPU to be placed, none held while it lives
     if options.get("get_if_exists") and not options.get("name"):
         raise ValueError("The actor name must be specified to use `get_if_exists`.")
+    from shoal.runtime.api.placement_group import actor_in_placement_group  # placement groups
+
+    held, placement = actor_in_placement_group(held, placement, options)
     return ActorOptions(
         resources=held, placement=placement, name=options.get("name") or "",
         namespace=options.get("namespace"),

@@ -1,7 +1,9 @@
 """Scheduling strategies for the ``scheduling_strategy`` option (Ray's names).
 
 ``"DEFAULT"`` (local first, then spill to the least loaded node) and ``"SPREAD"``
-are strings; ``NodeAffinitySchedulingStrategy`` pins a task to one node.
+are strings; ``NodeAffinitySchedulingStrategy`` pins a task to one node, and
+``PlacementGroupSchedulingStrategy`` runs it in a placement group's bundle
+(``placement_group.py`` rewrites its resources into the group's).
 """
 
 from __future__ import annotations
@@ -45,8 +47,22 @@ class NodeAffinitySchedulingStrategy:
 
 @dataclass(frozen=True)
 class PlacementGroupSchedulingStrategy:
-    """Run the task in a placement group's bundle: placement groups are not supported yet."""
+    """Run the task (or actor) in a placement group's bundle.
+
+    Args:
+        placement_group: the ``PlacementGroup`` (from ``shoal.util.placement_group``).
+        placement_group_bundle_index: the bundle to use; -1 (default) for any bundle.
+        placement_group_capture_child_tasks: accepted for Ray compatibility; child
+            tasks are not captured into the group (schedule them into it explicitly).
+    """
 
     placement_group: object
     placement_group_bundle_index: int = -1
     placement_group_capture_child_tasks: bool | None = None
+
+    def __post_init__(self) -> None:
+        index = self.placement_group_bundle_index
+        if not isinstance(index, int) or isinstance(index, bool) or index < -1:
+            raise ValueError(
+                "PlacementGroupSchedulingStrategy(placement_group_bundle_index=...) must be "
+                f"an int >= -1 (-1: any bundle), got {index!r}")
