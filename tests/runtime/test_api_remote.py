@@ -115,7 +115,7 @@ def test_cpu_and_gpu_in_resources_are_refused_like_ray() -> None:
     ({"max_calls": 2}, ValueError, r"Setting 'max_calls' is not supported in '\.options\(\)'"),
     ({"scheduling_strategy": "RANDOM"}, ValueError, "Invalid scheduling_strategy 'RANDOM'"),
     ({"scheduling_strategy": 3}, TypeError, "keyword 'scheduling_strategy'"),
-    ({"placement_group": object()}, NotImplementedError, "placement groups"),
+    ({"placement_group": object()}, TypeError, "placement_group must be a PlacementGroup"),
     ({"label_selector": {"zone": "a"}}, NotImplementedError, "label_selector"),
     ({"object_store_memory": 10}, ValueError, "not implemented for tasks"),
 ])
