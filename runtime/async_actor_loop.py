@@ -43,7 +43,7 @@ from typing import Any
 import msgspec
 import structlog
 from shoal.kernel.core_worker.actor_protocol import ActorTaskExecuted, ExecuteActorTask
-from shoal.kernel.core_worker.protocol import ObjectError, ObjectResult
+from shoal.kernel.core_worker.protocol import ErrorKind, ObjectError, ObjectResult
 from shoal.kernel.ids import TaskId
 from shoal.runtime.api.actor import execute_method_async, is_async_class
 from shoal.runtime.api.exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
@@ -143,9 +143,10 @@ class AsyncActorLoop:
                 del args  # the arguments' views of the store: their leases can end
                 executed = msgspec.structs.replace(executed, results=tuple(
                     ctx.objects.store_result(r, spec) for r in executed.results))
-        except Exception:  # noqa: BLE001 - storing a return failed: a bug to report, not hide
+        except Exception as exc:  # noqa: BLE001 - a host bug: fail the call, never hang it
             self._log.exception("async_actor.call_failed", task=spec.task_id)
-            raise
+            executed = _failed(effect, "task_error", f"the worker could not run actor call "
+                               f"{spec.name} ({spec.task_id}): {type(exc).__name__}: {exc}")
         except BaseException as exc:  # SystemExit and friends end the worker
             self._on_fatal(exc)
             raise
@@ -154,9 +155,14 @@ class AsyncActorLoop:
 
 def _unreadable(effect: ExecuteActorTask, exc: BaseException) -> ActorTaskExecuted:
     spec = effect.spec
-    error = ObjectError(kind="object_lost", message=(
+    return _failed(effect, "object_lost", (
         f"actor call {spec.name} ({spec.task_id}): an argument could not be read from the "
         f"node's object store: {exc}"))
+
+
+def _failed(effect: ExecuteActorTask, kind: ErrorKind, message: str) -> ActorTaskExecuted:
+    spec = effect.spec
+    error = ObjectError(kind=kind, message=message)
     return ActorTaskExecuted(actor_id=effect.actor_id, task_id=spec.task_id,
                              attempt=spec.attempt, results=tuple(
                                  ObjectResult(object_id=oid, error=error)

@@ -44,7 +44,7 @@ Reader = Callable[[], list[ObjectResult]]
 class _FutureWaiter:
     """A waiter of the context's table that completes a future instead of waking a thread."""
 
-    __slots__ = ("call_id", "future", "_objects")
+    __slots__ = ("_objects", "call_id", "future")
 
     def __init__(self, call_id: int, objects: Callable[[], ProcessObjects]) -> None:
         self.call_id = call_id

@@ -30,9 +30,9 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any
 
+from shoal.kernel.core_worker.protocol import ObjectResult
 from shoal.kernel.ids import NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, Component
-from shoal.kernel.core_worker.protocol import ObjectResult
 from shoal.kernel.task_spec import ObjectRefInfo, producing_task
 from shoal.runtime.api.context import (
     AsyncObjectsContext,
