@@ -46,6 +46,7 @@ from shoal.kernel.core_worker.actor_protocol import (
     ActorTaskExecuted,
     CreateActorInstance,
     ExecuteActorTask,
+    InterruptActorTask,
 )
 from shoal.kernel.core_worker.protocol import LocalObject, ObjectError, ObjectResult
 from shoal.kernel.gcs.actor_protocol import ActorDeathCause
@@ -85,6 +86,11 @@ class ActorRunner:
 
     def on_execute(self, effect: ExecuteActorTask) -> None:
         self._execute_call(effect)
+
+    def on_interrupt(self, effect: InterruptActorTask) -> None:
+        """Cancels a running call of an async actor (the kernel sends none for others)."""
+        if self._async_loop is not None:
+            self._async_loop.cancel(effect.task_id)
 
     def _execute_call(self, effect: ExecuteActorTask) -> None:
         """Where one call runs: the main thread, or a thread of the actor's pool.

@@ -46,7 +46,11 @@ from collections.abc import Callable
 
 import msgspec
 import structlog
-from shoal.kernel.core_worker.actor_protocol import CreateActorInstance, ExecuteActorTask
+from shoal.kernel.core_worker.actor_protocol import (
+    CreateActorInstance,
+    ExecuteActorTask,
+    InterruptActorTask,
+)
 from shoal.kernel.core_worker.protocol import (
     ExecuteTask,
     InterruptTask,
@@ -124,6 +128,8 @@ class WorkerHost:
                 self.actor.on_create(effect)
             case ExecuteActorTask():
                 self.actor.on_execute(effect)
+            case InterruptActorTask():  # a running call of an async actor cancelled
+                self.actor.on_interrupt(effect)
             case InterruptTask(force=True):
                 self._log.warning("worker.force_cancelled", task=effect.task_id)
                 os._exit(1)

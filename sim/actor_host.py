@@ -19,6 +19,8 @@
   the loop), up to the ``max_concurrency`` the kernel allows. When the process
   dies the loop's thread unwinds and closes the coroutines still running, in
   the order they started, so their ``finally`` blocks run deterministically.
+  ``InterruptActorTask`` (a running call cancelled) cancels the call's asyncio
+  task: ``CancelledError`` at its current ``await``.
 * ``ActorRequestCompleted``/``ActorCallRefused``: wake (or fail) the user
   thread waiting on a creation, lookup or kill, or refuse a call at once.
 
@@ -43,6 +45,7 @@ from shoal.kernel.core_worker.actor_protocol import (
     ActorRequestCompleted,
     CreateActorInstance,
     ExecuteActorTask,
+    InterruptActorTask,
 )
 from shoal.kernel.gcs.actor_protocol import ActorSpec
 from shoal.kernel.ids import ActorId, TaskId
@@ -79,6 +82,12 @@ class _AsyncActor:
             task.add_done_callback(lambda _: self.calls.pop(task_id, None))
         self.loop.call_soon_threadsafe(create)
 
+    def cancel(self, task_id: TaskId) -> None:
+        """Cancels the call's asyncio task, if it still runs (from the engine's side)."""
+        task = self.calls.get(task_id)
+        if task is not None:
+            self.loop.call_soon_threadsafe(task.cancel)
+
     def run(self) -> None:
         """The body of the loop's baton thread: runs until the process dies."""
         try:
@@ -111,6 +120,7 @@ class SimActorHost:
         handlers = host.engine.effect_handlers
         handlers[CreateActorInstance] = self._on_create
         handlers[ExecuteActorTask] = self._on_execute
+        handlers[InterruptActorTask] = self._on_interrupt
         handlers[ActorRequestCompleted] = self._on_request_completed
         handlers[ActorCallRefused] = self._on_refused
         host.engine.crash_hooks.append(self._on_crash)
@@ -191,6 +201,14 @@ class SimActorHost:
             self._report(proc, boot, executed)
 
         actor.start(effect.spec.task_id, call)
+
+    def _on_interrupt(self, proc: SimProcess, effect: Msg) -> None:
+        """Cancels a running call of an async actor (``shoal.cancel``): ``CancelledError``
+        at its current ``await``; it then reports ``task_cancelled`` (or its value)."""
+        assert isinstance(effect, InterruptActorTask)
+        actor = self._async.get(proc.address)
+        if actor is not None:
+            actor.cancel(effect.task_id)
 
     def _report(self, proc: SimProcess, boot: int, executed: Any) -> None:
         """A call finished: store large returns, and tell the kernel (same incarnation)."""

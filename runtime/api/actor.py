@@ -364,8 +364,11 @@ def create_instance(spec: ActorSpec, num_restarts: int, args: tuple[Payload, ...
             f"actor {spec.actor_id} ({spec.class_name}) died: its constructor failed: "
             f"{message}. Calls to it fail; fix __init__ and create a new actor"),
             data=error.data if error is not None else b"")
-    report = ActorInstanceCreated(actor_id=spec.actor_id, num_restarts=num_restarts, error=cause)
-    return (holder[0] if holder else None), report
+    instance = holder[0] if holder else None
+    report = ActorInstanceCreated(  # is_async: the host runs calls as cancellable coroutines
+        actor_id=spec.actor_id, num_restarts=num_restarts, error=cause,
+        is_async=instance is not None and is_async_class(type(instance)))
+    return instance, report
 
 
 def execute_method(instance: Any, actor_id: ActorId, spec: TaskSpec, args: tuple[Payload, ...],

@@ -164,3 +164,35 @@ def test_ref_future_result(cluster: None) -> None:
     assert int(array[-1]) == 49_999
     with pytest.raises(KeyError):
         boom.remote().future().result(timeout=GET_TIMEOUT_S)
+
+
+@shoal.remote
+class Cancellable:
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.log: list[str] = []
+
+    async def nap(self) -> str:
+        self.started.set()
+        try:
+            await asyncio.sleep(60.0)
+        except asyncio.CancelledError:
+            self.log.append("cancelled at the await")
+            raise
+        return "woke"
+
+    async def wait_started(self) -> None:
+        await self.started.wait()
+
+    def read(self) -> list[str]:
+        return self.log
+
+
+def test_cancel_interrupts_a_running_async_call(cluster: None) -> None:
+    actor = Cancellable.remote()
+    ref = actor.nap.remote()
+    shoal.get(actor.wait_started.remote(), timeout=GET_TIMEOUT_S)  # nap is running
+    shoal.cancel(ref)
+    with pytest.raises(exceptions.TaskCancelledError):
+        shoal.get(ref, timeout=GET_TIMEOUT_S)
+    assert shoal.get(actor.read.remote(), timeout=GET_TIMEOUT_S) == ["cancelled at the await"]

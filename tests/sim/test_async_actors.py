@@ -98,3 +98,46 @@ def test_the_actors_workload_with_its_async_actor_holds_every_invariant(profile:
         assert not result.violations, (
             f"seed {seed}: {result.violations}\nreplay: {result.config.replay_command()}")
         assert result.stats["actor_calls"] > 0, f"seed {seed}"
+
+
+def test_cancel_interrupts_a_running_async_call_at_its_await() -> None:
+    def main() -> tuple[str, str, list[str], float]:
+        from shoal import exceptions
+
+        @shoal.remote
+        class Napper:
+            def __init__(self) -> None:
+                self.log: list[str] = []
+
+            async def nap(self) -> str:
+                try:
+                    await asyncio.sleep(100.0)
+                except asyncio.CancelledError:
+                    self.log.append("cancelled at the await")
+                    raise
+                return "woke"
+
+            async def quick(self) -> str:
+                return "still serving"
+
+            def read(self) -> list[str]:
+                return self.log
+
+        napper = Napper.remote()
+        ref = napper.nap.remote()
+        api.sleep(1.0)  # the call runs, suspended in its sleep
+        shoal.cancel(ref)
+        try:
+            outcome = str(shoal.get(ref))
+        except exceptions.TaskCancelledError:
+            outcome = "TaskCancelledError"
+        return (outcome, shoal.get(napper.quick.remote()), shoal.get(napper.read.remote()),
+                api.now())
+
+    for seed in range(3):
+        result = Simulation(seed=seed, nodes=2).run(main)
+        assert not result.violations, f"seed {seed}: {result.violations}"
+        outcome, quick, log, now = result.value
+        assert (outcome, quick, log) == (
+            "TaskCancelledError", "still serving", ["cancelled at the await"]), f"seed {seed}"
+        assert now < 100.0, f"seed {seed}: the cancelled call slept on"
