@@ -179,6 +179,7 @@ class ActorCaller:
         self._poll_armed = False
         self._gc_watch: dict[ActorId, None] = {}  # owned, collectable, registered, not dead
         self._gc_dirty: dict[ActorId, None] = {}  # watched actors settle must look at
+        self._window_opened: dict[ActorId, None] = {}  # a call left a full window: pump
         self._dead: dict[ActorId, None] = {}  # dead entries, oldest first (to trim)
         self._check_actors: list[ActorId] = []
         self._check_calls: list[TaskId] = []
@@ -441,14 +442,15 @@ class ActorCaller:
         failed = any(r.error is not None for r in msg.results)
         if failed and msg.retryable_error and call.retries_left != 0 and not call.cancelled:
             return self._retry_call(self._actors[found[0]], call, now)
-        for info in msg.borrowed:
-            self._objects.add_borrower(info.object_id, src)
+        effects: list[Msg] = []
+        for info in msg.borrowed:  # the actor keeps these: register it with their owners
+            effects += self._objects.hand_off(info, src, msg.task_id, now)
         for result in msg.results:
             for inner in result.value.contained if result.value else ():
                 if inner.owner == src:
                     self._objects.ensure(inner)
                     self._objects.mark_registered_borrower(inner.object_id)
-        return self._finish(msg.task_id, msg.results, None)
+        return effects + self._finish(msg.task_id, msg.results, None)
 
     def _retry_call(self, entry: _Actor, call: _Call, now: Nanos) -> list[Msg]:
         """The method raised an exception its spec retries: run the call again (new seq)."""
@@ -486,6 +488,8 @@ class ActorCaller:
         if entry is not None:
             if call.seq >= 0:
                 entry.inflight.pop(call.seq, None)
+                if entry.queue:  # calls wait for room in the window: settle pushes them
+                    self._window_opened[actor_id] = None
             elif task_id in entry.queue:
                 entry.queue.remove(task_id)
             if actor_id in self._gc_watch and not entry.pending():
@@ -602,8 +606,15 @@ class ActorCaller:
 
     def settle(self, now: Nanos) -> list[Msg]:
         """At the end of each input: stops owned actors whose every handle is gone.
-        Only the actors marked dirty since the last input are looked at."""
+        Only the actors marked dirty since the last input are looked at. Also pushes
+        queued calls of actors whose in-flight window has room again."""
         effects: list[Msg] = []
+        while self._window_opened:
+            actor_id = next(iter(self._window_opened))
+            del self._window_opened[actor_id]
+            entry = self._actors.get(actor_id)
+            if entry is not None:
+                effects += self._pump(entry, now)
         while self._gc_dirty:
             actor_id = next(iter(self._gc_dirty))
             del self._gc_dirty[actor_id]

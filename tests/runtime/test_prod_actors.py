@@ -20,6 +20,7 @@ import cloudpickle
 import numpy as np
 import psutil
 import pytest
+from shoal.kernel.core_worker.actors import ActorCallerConfig
 from shoal.runtime.api.context import get_context
 from shoal.runtime.api.exceptions import PendingCallsLimitExceeded, RayActorError
 
@@ -163,6 +164,15 @@ def test_calls_from_the_driver_run_in_order(cluster: None) -> None:
     assert task_id is not None and task_id != actor_id
     assert restarted is False
     assert shoal.get_runtime_context().get_actor_id() is None  # the driver is no actor
+
+
+def test_more_calls_than_the_in_flight_window_all_run_in_order(cluster: None) -> None:
+    """The caller pushes at most ``inflight_max`` calls at once; the rest are pushed as
+    answers open the window (a regression: they used to stay queued for ever)."""
+    count = ActorCallerConfig().inflight_max + 200
+    counter = Counter.remote()
+    assert shoal.get([counter.inc.remote() for _ in range(count)], timeout=60) == list(
+        range(1, count + 1))
 
 
 def test_a_handle_passed_to_a_task_calls_the_actor(cluster: None) -> None:
