@@ -26,8 +26,10 @@ rolled back. A commit the raylet refuses (it lost the prepared bundles) makes
 those bundles unplaced too.
 
 Removal (``RemovePlacementGroup``): the row is ``REMOVED`` for good, every
-node holding or preparing bundles is sent ``ReleaseBundles`` (the raylet kills
-the leases using the bundles), and the GCS kills the group's actors (the
+live node (not only those holding or preparing bundles) is sent
+``ReleaseBundles`` for the whole group (the raylet kills the leases using the
+bundles and refuses requests for the group from then on), and the GCS kills
+the group's actors (the
 caller, ``Gcs``, asks the actor manager with ``removed_groups``). At most
 ``removed_max`` removed rows are kept.
 
@@ -207,7 +209,10 @@ class PlacementGroupManager:
         check_move(row.pg_id, row.state, PgState.REMOVED)
         why = f"placement group {row.pg_id!r} was removed"
         effects: list[Msg] = [CancelTimer(key=f"{_RETRY_TIMER}{row.pg_id}")]
-        for node in row.held_nodes():
+        # Every live raylet hears of it, not only those holding bundles: requests of the
+        # group waiting anywhere are refused then, and later ones too.
+        live = [n.node_id for n in self._cluster.live_nodes()]
+        for node in dict.fromkeys([*row.held_nodes(), *live]):
             effects += self._release(row, node, (), why, now)
         row.state, row.stage, row.reason = PgState.REMOVED, PgStage.NONE, ""
         row.nodes = [None] * len(row.nodes)

@@ -22,6 +22,10 @@ The GCS reserves a group's bundles on this node in two phases (messages:
   owners told, requests refused), then the group resources leave the node and
   the reserved resources return to the pool. Answered ``BundlesReleased``.
 
+A release of the whole group (no ``indexes``) means the group was removed:
+requests for it waiting here are refused, and so are later ones (the last
+``REMOVED_MAX`` removed groups are remembered; ``refusal``).
+
 Only the GCS may send these (others are answered ``Rejected``). When the node
 fate-shares (declared dead) every bundle is dropped the same way: the GCS
 reschedules them elsewhere.
@@ -34,6 +38,7 @@ total.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shoal.kernel.errors import InvariantViolation
@@ -58,6 +63,9 @@ from shoal.kernel.raylet.resources import (
     shape_problem,
     to_units,
 )
+
+
+REMOVED_MAX = 4096  # removed groups remembered, to refuse their late requests
 
 
 @dataclass(slots=True, eq=False)
@@ -86,6 +94,7 @@ class BundleTable:
         self._gcs = gcs
         self._leases = leases
         self._bundles: dict[tuple[str, int], _Bundle] = {}
+        self._removed: dict[str, None] = {}  # groups removed, oldest first (bounded)
 
     @property
     def bundles(self) -> tuple[tuple[str, int, int, bool], ...]:
@@ -102,9 +111,11 @@ class BundleTable:
             case CommitBundles():
                 return self._on_commit(src, msg, now)
             case ReleaseBundles():
-                effects = self._release(msg.pg_id, msg.attempt, msg.indexes, (
-                    f"its placement group {msg.pg_id!r} gave back its bundles on node "
-                    f"{self.node_id!r} ({msg.reason or 'released'})"), now)
+                why = (f"its placement group {msg.pg_id!r} gave back its bundles on node "
+                       f"{self.node_id!r} ({msg.reason or 'released'})")
+                effects = self._release(msg.pg_id, msg.attempt, msg.indexes, why, now)
+                if not msg.indexes:  # the whole group: it was removed
+                    effects += self._forget_group(msg.pg_id, why, now)
                 return effects + [Send(dst=src, msg=BundlesReleased(
                     pg_id=msg.pg_id, attempt=msg.attempt, indexes=msg.indexes))]
         return []
@@ -173,6 +184,27 @@ class BundleTable:
             ledger.release(bundle.holder)
             del self._bundles[(bundle.pg_id, bundle.index)]
         return effects + self._leases.on_view_changed(now)
+
+    def _forget_group(self, pg_id: str, why: str, now: Nanos) -> list[Msg]:
+        """The group was removed: its requests waiting here are refused, now and later."""
+        if pg_id not in self._removed:
+            self._removed[pg_id] = None
+            while len(self._removed) > REMOVED_MAX:
+                del self._removed[next(iter(self._removed))]
+        return self._leases.evict_holding(group_marker(pg_id), why, now)
+
+    def refusal(self, shape: Mapping[str, float]) -> str:
+        """Why a lease request for ``shape`` is refused here ("" when it is not): it asks
+        for a placement group that was removed."""
+        if not self._removed:
+            return ""
+        prefix = group_marker("")
+        for name in shape:
+            pg_id = name[len(prefix):] if name.startswith(prefix) else ""
+            if pg_id in self._removed and group_marker(pg_id) == name:
+                return (f"its placement group {pg_id!r} was removed; create a new group "
+                        "to run it in one")
+        return ""
 
     def fate_share(self, now: Nanos) -> list[Msg]:
         """The node was declared dead: every bundle is dropped (the GCS places them again)."""

@@ -76,6 +76,7 @@ from shoal.kernel.raylet.membership import (
 from shoal.kernel.raylet.protocol import (
     CancelLeaseRequest,
     LeaseCheckReply,
+    LeaseRejected,
     RegisterWorker,
     RequestWorkerLease,
     ReturnWorker,
@@ -184,6 +185,10 @@ class Raylet:
     def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
         leases = self.leases
         match msg:
+            case RequestWorkerLease() if self.bundles.refusal(msg.shape):  # placement groups
+                return [Send(dst=src, msg=LeaseRejected(request_id=msg.request_id, reason=(
+                    f"raylet {self.node_id!r} refused lease request {msg.request_id} of "
+                    f"{src}: {self.bundles.refusal(msg.shape)}")))]
             case RequestWorkerLease():
                 return leases.on_request(src, msg, now)
             case ReturnWorker():

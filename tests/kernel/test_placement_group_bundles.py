@@ -140,3 +140,15 @@ def test_rollback_releases_only_the_indexes_named() -> None:
     step(raylet, prepare(2, (1, 1.0)))
     step(raylet, release(2, (1,)))
     assert raylet.bundles.bundles == (("g1", 0, 1, True),)
+
+
+def test_a_removed_group_refuses_its_requests_waiting_here_and_later() -> None:
+    raylet = make_raylet({"CPU": 4.0})
+    shape = group_shape({"CPU": 1.0}, "g1", 0)
+    assert step(raylet, request(1, shape)) == []  # no bundle here: kept infeasible
+    why = "its placement group 'g1' gave back its bundles on node 'n1' (removed)"
+    assert step(raylet, release(3)) == [
+        rejected(1, why), Send(dst=GCS, msg=BundlesReleased(pg_id="g1", attempt=3))]
+    assert step(raylet, request(2, shape)) == [rejected(2, (
+        "its placement group 'g1' was removed; create a new group to run it in one"))]
+    assert step(raylet, request(3, group_shape({"CPU": 1.0}, "g2", 0))) == []
