@@ -37,6 +37,7 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     objects.ObjectMissing,
     core.PushTask, core.TaskRunning, core.TaskDone, core.CancelTask, core.GetObject,
     core.ObjectStatus, core.RefReleased,
+    core.RegisterBorrow, core.BorrowRegistered, core.AddBorrower, core.BorrowerAdded,
     *ACTOR_WIRE_TYPES, *ACTOR_CALL_WIRE_TYPES,  # actors (issue #4)
     *PLACEMENT_GROUP_WIRE_TYPES,
 )

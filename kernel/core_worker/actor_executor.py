@@ -53,6 +53,7 @@ from shoal.kernel.core_worker.actor_protocol import (
     PushActorTask,
 )
 from shoal.kernel.core_worker.arguments import arg_value, resolve_args
+from shoal.kernel.core_worker.executor import hand_off_results
 from shoal.kernel.core_worker.objects import ObjectTable
 from shoal.kernel.core_worker.protocol import LocalObject, ObjectError, ObjectResult
 from shoal.kernel.errors import InvariantViolation
@@ -123,6 +124,10 @@ class ActorHost:
     @property
     def busy(self) -> bool:
         return bool(self._ready or self._running)
+
+    @property
+    def running_calls(self) -> int:
+        return len(self._running)
 
     # --- creation --------------------------------------------------------------
 
@@ -268,16 +273,13 @@ class ActorHost:
         return self._answer(run, tuple(ObjectResult(object_id=oid, error=error)
                                        for oid in run.spec.return_ids))
 
-    def on_executed(self, msg: ActorTaskExecuted) -> list[Msg]:
+    def on_executed(self, msg: ActorTaskExecuted, now: Nanos) -> list[Msg]:
         run = self._running.pop(msg.task_id, None)
         if run is None or self.spec is None or msg.actor_id != self.spec.actor_id:
             return []  # not a call running here: stale
-        for result in msg.results:
-            for inner in result.value.contained if result.value else ():
-                if inner.owner == self._me:
-                    self._objects.add_borrower(inner.object_id, run.caller)
+        effects = hand_off_results(self._objects, msg.results, run.caller, msg.task_id, now)
         raylet = Address(node=self._me.node, component="raylet")
-        effects: list[Msg] = [
+        effects += [
             Send(dst=raylet, msg=PinObject(object_id=r.object_id, owner=run.caller, size=r.size))
             for r in msg.results if getattr(r, "stored", False) and r.error is None]
         effects += self._answer(run, msg.results, msg.borrowed, msg.retryable_error)

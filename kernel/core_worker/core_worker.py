@@ -58,8 +58,16 @@ from shoal.kernel.core_worker.actors import (
 )
 from shoal.kernel.core_worker.calls import CALL_TIMER_PREFIX, CallTable
 from shoal.kernel.core_worker.executor import Executor
-from shoal.kernel.core_worker.objects import FETCH_TIMER_PREFIX, ObjectTable
+from shoal.kernel.core_worker.objects import (
+    FETCH_TIMER_PREFIX,
+    HANDOFF_TIMER_PREFIX,
+    REGISTER_TIMER_PREFIX,
+    ObjectTable,
+)
 from shoal.kernel.core_worker.protocol import (
+    AddBorrower,
+    BorrowerAdded,
+    BorrowRegistered,
     CancelRequested,
     CancelTask,
     GetObject,
@@ -70,6 +78,7 @@ from shoal.kernel.core_worker.protocol import (
     PushTask,
     RefReleased,
     RefsChanged,
+    RegisterBorrow,
     TaskDone,
     TaskExecuted,
     TaskRunning,
@@ -153,7 +162,12 @@ class CoreWorker:
 
     def handle(self, event: CoreWorkerInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the core worker and returns the effects, in order."""
+        running = self.executor.running_task_id is not None or self.actor_host.running_calls > 0
+        self.objects.defer_releases = running  # see objects.py: borrower forwarding
         effects = self._dispatch(event, now)
+        if isinstance(event, TaskExecuted | ActorTaskExecuted) or (
+                not running and self.objects.has_deferred):
+            effects += self.objects.release_deferred()  # its results were handed off
         effects += self._announce_completions(now)
         return effects + self.submitter.settle(now) + self.actors.settle(now)
 
@@ -197,7 +211,7 @@ class CoreWorker:
             case ActorInstanceCreated():
                 return self.actor_host.on_instance_created(event)
             case ActorTaskExecuted():
-                return self.actor_host.on_executed(event)
+                return self.actor_host.on_executed(event, now)
         return []
 
     def _on_started(self, now: Nanos) -> list[Msg]:
@@ -287,6 +301,16 @@ class CoreWorker:
                 return s.on_worker_died(msg, now)
             case RefReleased():
                 return self.objects.on_ref_released(src, msg)
+            case RegisterBorrow():
+                if self.submitter.is_pending(msg.task_id) or self.actors.owns_call(msg.task_id):
+                    return []  # its results have not reached us yet: asked again later
+                return self.objects.on_register_borrow(src, msg, now)
+            case BorrowRegistered():
+                return self.objects.on_borrow_registered(msg)
+            case AddBorrower():
+                return self.objects.on_add_borrower(src, msg)
+            case BorrowerAdded():
+                return self.objects.on_borrower_added(msg)
             case LeaseCheck():
                 return [Send(dst=src, msg=self.submitter.lease_check_reply(src, msg))]
             case ObjectLocal():
@@ -346,6 +370,7 @@ class CoreWorker:
         self.objects.drop_locations(newly_dead)
         dead_set = set(newly_dead)
         effects = self.submitter.on_nodes_dead(dead_set, now)
+        effects += self.objects.drop_forwarding_to(dead_set)
         return effects + self.calls.fail_objects(self.objects.fail_owned_by(dead_set))
 
     def _on_timer(self, event: TimerFired, now: Nanos) -> list[Msg]:
@@ -356,6 +381,8 @@ class CoreWorker:
             return self.submitter.on_lease_timer(int(key[len(LEASE_TIMER_PREFIX):]), now)
         if key.startswith(RETURN_TIMER_PREFIX):
             return self.submitter.on_return_timer(key[len(RETURN_TIMER_PREFIX):], now)
+        if key.startswith((HANDOFF_TIMER_PREFIX, REGISTER_TIMER_PREFIX)):
+            return self.objects.on_forwarding_timer(key, now)
         if key.startswith(FETCH_TIMER_PREFIX):
             return self.objects.on_fetch_timer(key[len(FETCH_TIMER_PREFIX):], now)  # type: ignore[arg-type]
         if key.startswith(CALL_TIMER_PREFIX):

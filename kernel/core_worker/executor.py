@@ -155,13 +155,10 @@ class Executor:
         run = self._current
         if run is None or run.key != (msg.task_id, msg.attempt):
             return []  # not the task we run: stale
-        for result in msg.results:
-            for inner in result.value.contained if result.value else ():
-                if inner.owner == self._me:
-                    self._objects.add_borrower(inner.object_id, run.owner)
+        effects = hand_off_results(self._objects, msg.results, run.owner, msg.task_id, now)
         done = TaskDone(task_id=msg.task_id, attempt=msg.attempt, results=msg.results,
                         retryable_error=msg.retryable_error, borrowed=msg.borrowed)
-        return self._pin_stored(msg.results, run.owner) + self._complete(run, done, now)
+        return effects + self._pin_stored(msg.results, run.owner) + self._complete(run, done, now)
 
     def _fail(self, run: _Execution, error: ObjectError) -> list[Msg]:
         spec = run.push.spec
@@ -196,6 +193,21 @@ class Executor:
                 return [Send(dst=entry[1], msg=TaskDone(
                     task_id=spec.task_id, attempt=spec.attempt, results=results))]
         return []
+
+
+def hand_off_results(objects: ObjectTable, results: tuple[ObjectResult, ...], receiver: Address,
+                     task_id: TaskId, now: Nanos) -> list[Msg]:
+    """Refs nested in a task's results go to ``receiver``: it becomes a borrower of those
+    this worker owns, and is registered with the owner of the others (borrower
+    forwarding) before this worker lets go of them."""
+    effects: list[Msg] = []
+    for result in results:
+        for inner in result.value.contained if result.value else ():
+            if inner.owner == objects.me:
+                objects.add_borrower(inner.object_id, receiver)
+            else:
+                effects += objects.hand_off(inner, receiver, task_id, now)
+    return effects
 
 
 def _cancelled(spec: TaskSpec) -> ObjectError:

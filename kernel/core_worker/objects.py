@@ -26,6 +26,25 @@ owner's node is declared dead: ``owner_died``). The owner answers a
 ``GetObject`` at once if the object is done, else when it completes; about an
 object it has no row for, it answers ``object_lost`` (freed, or never existed).
 
+Borrower forwarding. A borrowed row is *registered* when its owner counts
+this process among its borrowers (the owner registered it when returning the
+ref to it, or it registered itself): only then does dropping it send
+``RefReleased``. A ref can change hands through a task without its owner O
+being party to it: the task's worker W keeps a ref it was given (reported in
+``borrowed``), or returns in its results a ref it holds. The passer (the
+submitter for a kept ref, the worker for a returned one) then pins its own row
+(``handoffs``) and sends the new holder ``RegisterBorrow`` (retransmitted until
+answered). The holder registers itself with ``AddBorrower`` to O (its row is
+pinned, ``registering``, until O's ``BorrowerAdded``) and then answers
+``BorrowRegistered``; only then does the passer unpin. So O never loses count:
+it adds the holder before the passer's own release can reach it. Each
+registration carries the holder's *epoch* (a counter), echoed in its
+``RefReleased``; O ignores an ``AddBorrower`` whose epoch a release already
+ended (a duplicate delivered late), so duplicates cannot leak a borrower.
+While a task or actor call runs here (``defer_releases``), the release of a
+registered row is deferred until the task's results are handed off, so a
+worker returning a ref it holds still holds it when it hands it on.
+
 This table decides nothing about tasks; it reports completions to the core
 worker, which wakes whoever waits.
 """
@@ -36,16 +55,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import msgspec
-
 from shoal.kernel.core_worker.protocol import (
+    AddBorrower,
+    BorrowerAdded,
+    BorrowRegistered,
     GetObject,
     ObjectError,
     ObjectResult,
     ObjectStatus,
     RefReleased,
+    RegisterBorrow,
 )
 from shoal.kernel.errors import InvalidTransition, InvariantViolation
-from shoal.kernel.ids import Nanos, NodeId, ObjectId
+from shoal.kernel.ids import Nanos, NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, CancelTimer, Msg, Send, SetTimer
 from shoal.kernel.raylet.object_protocol import (
     FreeObjects,
@@ -58,6 +80,8 @@ from shoal.kernel.raylet.object_protocol import (
 from shoal.kernel.task_spec import ObjectRefInfo
 
 FETCH_TIMER_PREFIX = "obj.fetch."
+HANDOFF_TIMER_PREFIX = "obj.handoff."
+REGISTER_TIMER_PREFIX = "obj.register."
 _CHECK_BUDGET = 32
 
 
@@ -90,9 +114,22 @@ class _Ref:
     registered_borrower: bool = False  # borrowed: the owner counts us among its borrowers
     fetching: bool = False
     remote_waiters: dict[Address, None] = field(default_factory=dict)
+    handoffs: int = 0  # passed on to holders not yet registered with the owner: kept
+    registering: int = 0  # our AddBorrower's epoch, until the owner answers (0: none)
+    epoch: int = 0  # the registration the owner counts (0: one the owner made)
+    passers: dict[tuple[Address, int], None] = field(default_factory=dict)  # to answer
+    released: dict[Address, int] = field(default_factory=dict)  # owned: epochs ended
 
     def referenced(self) -> bool:
-        return bool(self.local or self.tasks or self.contained or self.borrowers)
+        return bool(self.local or self.tasks or self.contained or self.borrowers
+                    or self.handoffs or self.registering)
+
+
+@dataclass(slots=True, eq=False)
+class _Handoff:
+    ref: ObjectRefInfo
+    holder: Address
+    task_id: TaskId
 
 
 class ObjectTable:
@@ -112,6 +149,11 @@ class ObjectTable:
         self.lost: list[ObjectId] = []
         self.freed_ids: list[ObjectId] = []
         self._check_queue: list[ObjectId] = []
+        self._handoffs: dict[int, _Handoff] = {}
+        self._next_handoff = 1
+        self._next_epoch = 1
+        self.defer_releases = False  # a task runs here: see the module docstring
+        self._deferred: dict[ObjectId, None] = {}
 
     # --- introspection ---------------------------------------------------
 
@@ -287,7 +329,11 @@ class ObjectTable:
 
     def on_ref_released(self, src: Address, msg: RefReleased) -> list[Msg]:
         ref = self._refs.get(msg.object_id)
-        if ref is None or not ref.owned or src not in ref.borrowers:
+        if ref is None or not ref.owned:
+            return []
+        if msg.epoch > ref.released.get(src, 0):
+            ref.released[src] = msg.epoch  # a late duplicate AddBorrower must not re-add it
+        if src not in ref.borrowers:
             return []  # not a borrower we know of: stale or duplicate
         del ref.borrowers[src]
         return self._maybe_free(ref)
@@ -302,6 +348,9 @@ class ObjectTable:
             return []
         if ref.fetching and not ref.owned:
             return []  # drop it when the fetch answers: a get may still want it
+        if self.defer_releases and ref.registered_borrower:
+            self._deferred[ref.object_id] = None  # the running task may hand it on
+            return []
         del self._refs[ref.object_id]
         self._local.pop(ref.object_id, None)
         self._pulling.pop(ref.object_id, None)
@@ -314,7 +363,8 @@ class ObjectTable:
                 effects.append(Send(dst=Address(node=node, component="raylet"),
                                     msg=FreeObjects(object_ids=(ref.object_id,))))
         if not ref.owned and ref.registered_borrower:
-            effects.append(Send(dst=ref.owner, msg=RefReleased(object_id=ref.object_id)))
+            effects.append(Send(dst=ref.owner, msg=RefReleased(object_id=ref.object_id,
+                                                               epoch=ref.epoch)))
         for dst in ref.remote_waiters:
             effects.append(Send(dst=dst, msg=ObjectStatus(result=_lost(ref.object_id))))
         return effects + self._release_contained(ref)
@@ -328,6 +378,116 @@ class ObjectTable:
             if inner_ref is not None:
                 inner_ref.contained = max(0, inner_ref.contained - 1)
                 effects += self._maybe_free(inner_ref)
+        return effects
+
+    # --- borrower forwarding (see the module docstring) ------------------
+
+    def hand_off(self, info: ObjectRefInfo, holder: Address, task_id: TaskId,
+                 now: Nanos) -> list[Msg]:
+        """``holder`` now holds ``info`` (through task ``task_id``): keep our hold until
+        it is registered with the owner. Nothing to do when it is the owner."""
+        if holder == info.owner or holder == self.me:
+            return []
+        if info.owner == self.me and info.object_id not in self._refs:
+            return []  # ours and gone: the holder's gets will say so
+        self.ensure(info).handoffs += 1
+        handoff_id = self._next_handoff
+        self._next_handoff += 1
+        self._handoffs[handoff_id] = _Handoff(ref=info, holder=holder, task_id=task_id)
+        return self._send_handoff(handoff_id, now)
+
+    def _send_handoff(self, handoff_id: int, now: Nanos) -> list[Msg]:
+        handoff = self._handoffs[handoff_id]
+        return [Send(dst=handoff.holder, msg=RegisterBorrow(
+                    handoff_id=handoff_id, ref=handoff.ref, task_id=handoff.task_id)),
+                SetTimer(key=f"{HANDOFF_TIMER_PREFIX}{handoff_id}",
+                         at_ns=now + self._fetch_retry_ns)]
+
+    def on_borrow_registered(self, msg: BorrowRegistered) -> list[Msg]:
+        handoff = self._handoffs.pop(msg.handoff_id, None)
+        if handoff is None:
+            return []  # a duplicate answer
+        effects: list[Msg] = [CancelTimer(key=f"{HANDOFF_TIMER_PREFIX}{msg.handoff_id}")]
+        ref = self._refs.get(handoff.ref.object_id)
+        if ref is not None:
+            ref.handoffs = max(0, ref.handoffs - 1)
+            effects += self._maybe_free(ref)
+        return effects
+
+    def on_register_borrow(self, src: Address, msg: RegisterBorrow, now: Nanos) -> list[Msg]:
+        """A passer says we hold ``msg.ref``: register with its owner, then answer."""
+        ref = self._refs.get(msg.ref.object_id)
+        answer = Send(dst=src, msg=BorrowRegistered(handoff_id=msg.handoff_id))
+        if ref is None or ref.owned or ref.registered_borrower:
+            return [answer]  # not held any more, ours, or counted already
+        ref.passers[(src, msg.handoff_id)] = None
+        if ref.registering:
+            return []  # answered when the owner is
+        ref.registering = self._next_epoch
+        self._next_epoch += 1
+        return self._send_register(ref, now)
+
+    def _send_register(self, ref: _Ref, now: Nanos) -> list[Msg]:
+        return [Send(dst=ref.owner, msg=AddBorrower(object_id=ref.object_id,
+                                                   epoch=ref.registering)),
+                SetTimer(key=f"{REGISTER_TIMER_PREFIX}{ref.object_id}",
+                         at_ns=now + self._fetch_retry_ns)]
+
+    def on_add_borrower(self, src: Address, msg: AddBorrower) -> list[Msg]:
+        """Owner side: count ``src``, unless a release already ended this registration."""
+        ref = self._refs.get(msg.object_id)
+        if ref is not None and ref.owned and src != self.me and (
+                msg.epoch > ref.released.get(src, 0)):
+            ref.borrowers[src] = None
+        return [Send(dst=src, msg=BorrowerAdded(object_id=msg.object_id, epoch=msg.epoch))]
+
+    def on_borrower_added(self, msg: BorrowerAdded) -> list[Msg]:
+        ref = self._refs.get(msg.object_id)
+        if ref is None or not ref.registering or ref.registering != msg.epoch:
+            return []  # a duplicate, or an answer to an older registration
+        ref.registered_borrower, ref.epoch, ref.registering = True, msg.epoch, 0
+        effects: list[Msg] = [CancelTimer(key=f"{REGISTER_TIMER_PREFIX}{ref.object_id}")]
+        effects += [Send(dst=passer, msg=BorrowRegistered(handoff_id=handoff_id))
+                    for passer, handoff_id in ref.passers]
+        ref.passers.clear()
+        return effects + self._maybe_free(ref)
+
+    def on_forwarding_timer(self, key: str, now: Nanos) -> list[Msg]:
+        if key.startswith(HANDOFF_TIMER_PREFIX):
+            handoff_id = int(key[len(HANDOFF_TIMER_PREFIX):])
+            return self._send_handoff(handoff_id, now) if handoff_id in self._handoffs else []
+        ref = self._refs.get(ObjectId(key[len(REGISTER_TIMER_PREFIX):]))
+        return self._send_register(ref, now) if ref is not None and ref.registering else []
+
+    def release_deferred(self) -> list[Msg]:
+        """A task's results were handed off: let go of what it released meanwhile."""
+        effects: list[Msg] = []
+        deferring, self.defer_releases = self.defer_releases, False
+        while self._deferred:
+            object_id = next(iter(self._deferred))
+            del self._deferred[object_id]
+            ref = self._refs.get(object_id)
+            if ref is not None:
+                effects += self._maybe_free(ref)
+        self.defer_releases = deferring
+        return effects
+
+    @property
+    def has_deferred(self) -> bool:
+        return bool(self._deferred)
+
+    def drop_forwarding_to(self, dead: set[NodeId]) -> list[Msg]:
+        """Holders and owners on dead nodes will never answer: stop waiting for them."""
+        effects: list[Msg] = []
+        for handoff_id in [h for h, v in self._handoffs.items() if v.holder.node in dead]:
+            effects += self.on_borrow_registered(BorrowRegistered(handoff_id=handoff_id))
+        for ref in [r for r in self._refs.values() if r.registering and r.owner.node in dead]:
+            ref.registering = 0
+            effects.append(CancelTimer(key=f"{REGISTER_TIMER_PREFIX}{ref.object_id}"))
+            effects += [Send(dst=passer, msg=BorrowRegistered(handoff_id=handoff_id))
+                        for passer, handoff_id in ref.passers]
+            ref.passers.clear()
+            effects += self._maybe_free(ref)
         return effects
 
     # --- fetching borrowed values, answering owners' requests ------------

@@ -12,6 +12,12 @@ owner answers ``ObjectStatus`` once the object exists (inline bytes, the nodes
 that hold it, or an error). A borrower tells the owner it no longer holds a ref
 with ``RefReleased``.
 
+Borrower forwarding (see objects.py): when a ref owned by a third process
+changes hands through a task (returned in its results, or kept by its worker
+after it), the passer asks the new holder to ``RegisterBorrow``; the holder
+sends ``AddBorrower`` to the owner and, once ``BorrowerAdded``, answers the
+passer ``BorrowRegistered``, and only then does the passer let go.
+
 Host interface: the inputs are requests from user code (submit, put, get, wait,
 ref counts, cancel) and reports of user code having run (``TaskExecuted``);
 the effects are answers to user code (``GetCompleted``...) and requests to run
@@ -119,6 +125,40 @@ class ObjectStatus(Msg):
 
 class RefReleased(Msg):
     object_id: ObjectId
+    epoch: Count = 0  # the borrower's registration it ends (0: one the owner made itself)
+
+
+# --- borrower forwarding: a ref handed on to a holder the owner does not know ----
+
+
+class RegisterBorrow(Msg):
+    """Passer -> new holder: you now hold ``ref`` (it came with task ``task_id``'s
+    results or stayed with you after it); register with its owner, then confirm.
+    The passer keeps its own hold on the object until ``BorrowRegistered``."""
+
+    handoff_id: Seq
+    ref: ObjectRefInfo
+    task_id: TaskId
+
+
+class BorrowRegistered(Msg):
+    """New holder -> passer: the owner counts me (or I no longer hold it)."""
+
+    handoff_id: Seq
+
+
+class AddBorrower(Msg):
+    """Holder -> owner: count me as a borrower of ``object_id`` (registration ``epoch``)."""
+
+    object_id: ObjectId
+    epoch: Count
+
+
+class BorrowerAdded(Msg):
+    """Owner -> holder: registration ``epoch`` is counted (or the object is gone)."""
+
+    object_id: ObjectId
+    epoch: Count
 
 
 # --- host inputs: requests from user code ------------------------------------

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import msgspec
-
 from shoal.kernel.core_worker.objects import ObjectTable
 from shoal.kernel.core_worker.protocol import (
     CancelTask,
@@ -420,8 +419,8 @@ class Submitter:
         if failed and msg.retryable_error and task.retries_left != 0 and not task.cancelled:
             effects += self._retry(task, now)
         else:
-            for info in msg.borrowed:
-                self._objects.add_borrower(info.object_id, src)
+            for info in msg.borrowed:  # the worker keeps these: register it with their owners
+                effects += self._objects.hand_off(info, src, task.spec.task_id, now)
             for result in msg.results:
                 for inner in result.value.contained if result.value else ():
                     if inner.owner == src:

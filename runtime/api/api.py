@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
-
 from shoal.kernel.ids import ObjectId
 from shoal.kernel.task_spec import ObjectRefInfo
 from shoal.runtime.api.context import (

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import msgspec
-
-from shoal.kernel.core_worker import CoreWorker
 from shoal.kernel.core_worker.actor_protocol import (
     ActorInstanceCreated,
     ActorTaskAck,
@@ -25,11 +23,12 @@ from shoal.kernel.gcs.actor_protocol import ActorInfo
 from shoal.kernel.ids import TaskId
 from shoal.kernel.messages import CancelTimer, Msg, Received, Send, SetTimer, TimerFired
 from shoal.kernel.task_spec import Payload, TaskSpec
+
 from tests.kernel.test_actor_submission import (
     A1,
     DRIVER,
-    S,
     W1,
+    S,
     alive,
     call,
     driver_with_actor,
@@ -128,7 +127,7 @@ def test_a_cancelled_call_out_to_a_restarting_actor_is_failed_not_retried() -> N
     assert core.actors.pending_calls == 0
 
 
-def TimerFired_push(task_id: str) -> Msg:  # noqa: N802 - reads like the input it builds
+def TimerFired_push(task_id: str) -> Msg:
     return TimerFired(key=f"actor.push.{task_id}")
 
 

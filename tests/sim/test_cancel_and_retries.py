@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from shoal.sim import Simulation, api
 
 import shoal
 from shoal import exceptions
-from shoal.sim import Simulation, api
 
 
 @shoal.remote
