@@ -400,7 +400,7 @@ class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin):
         """``await ref``/``ref.future()`` (issue #5): on an async actor's simulated event
         loop the future completes when the kernel answers, and the loop runs other calls
         meanwhile; anywhere else this blocks like ``get_objects`` and returns it done."""
-        future: Future[Callable[[], list[ObjectResult]]] = Future()
+        future: Future[Callable[[], list[ObjectResult]]] = _BatonFuture(self._host.baton)
         if not _on_sim_loop():
             results = self.get_objects(refs, timeout_s)
             future.set_result(lambda: results)
@@ -516,6 +516,30 @@ class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin):
 
     def available_resources(self) -> dict[str, float]:
         return self.cluster_resources()  # TODO(#3): from the raylets' resource view
+
+
+class _BatonFuture(Future):  # type: ignore[type-arg]
+    """A future the engine completes; waiting on it from a user thread hands the baton
+    back (a plain ``Future.result()`` would block the one thread allowed to run, and so
+    the whole simulation)."""
+
+    def __init__(self, baton: Baton) -> None:
+        super().__init__()
+        self._baton = baton
+        self._settled = SimFuture()
+        self.add_done_callback(lambda _: baton.resolve(self._settled))
+
+    def _wait(self) -> None:
+        if not self.done():
+            self._baton.block(self._settled)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait()  # on virtual time: a timeout here would be wall-clock, so none
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait()
+        return super().exception(0)
 
 
 def _on_sim_loop() -> bool:

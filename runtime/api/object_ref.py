@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Generator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from shoal.kernel.core_worker.protocol import ObjectResult
@@ -208,6 +208,7 @@ class _ValueFuture(Future):  # type: ignore[type-arg]
         self._ref = ref  # the object stays referenced while its future lives
         self._convert_lock = threading.Lock()
         self._outcome: tuple[Any, BaseException | None] | None = None
+        self._source = source
         source.add_done_callback(self._arrived)
 
     def _arrived(self, source: Future[Reader]) -> None:
@@ -229,13 +230,25 @@ class _ValueFuture(Future):  # type: ignore[type-arg]
                     self._outcome = (None, exc)
             return self._outcome
 
+    def _wait_for_source(self, timeout: float | None) -> None:
+        # Wait the host's way: the simulator's future hands the baton back instead of
+        # blocking the one thread that may run. Once it is done, so is this one (its
+        # callback ran) or about to be (the completing thread is running it).
+        if not self.done():
+            try:
+                self._source.exception(timeout)
+            except CancelledError:
+                pass
+
     def result(self, timeout: float | None = None) -> Any:
+        self._wait_for_source(timeout)
         value, error = self._converted(super().result(timeout))
         if error is not None:
             raise error
         return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait_for_source(timeout)
         error = super().exception(timeout)
         if error is not None:
             return error

@@ -297,6 +297,28 @@ def test_a_driver_awaits_refs_in_asyncio_run_and_reads_futures() -> None:
     assert "bad" in failed
 
 
+def test_an_async_method_may_block_on_or_await_a_ref_future() -> None:
+    def main() -> tuple[int, int]:
+        @shoal.remote
+        def square(x: int) -> int:
+            api.sleep(0.5)
+            return x * x
+
+        @shoal.remote
+        class Actor:
+            async def blocking(self, refs: list[Any]) -> int:
+                return int(refs[0].future().result())  # blocks the loop, as in Ray
+
+            async def wrapped(self, refs: list[Any]) -> int:
+                return int(await asyncio.wrap_future(refs[0].future()))
+
+        actor = Actor.remote()
+        return (shoal.get(actor.blocking.remote([square.remote(3)])),
+                shoal.get(actor.wrapped.remote([square.remote(4)])))
+
+    assert _run(main) == (9, 16)
+
+
 # --- results, errors, identity -----------------------------------------------------------
 
 
