@@ -297,6 +297,7 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         self._blocked: dict[int, _Waiter] = {}  # task threads blocked in a call, by ident
         self._interrupts: dict[int, BaseException] = {}  # to raise in a task thread, by ident
         self._refused: dict[TaskId, str] = {}  # actor calls refused as submitted
+        self._expected: dict[TaskId, BaseException | None] = {}  # handed over, not begun yet
         self._objects: ProcessObjects | None = None
         runtime.periodic.append(self.flush_refs)
         runtime.periodic.append(self._flush_objects)
@@ -311,10 +312,26 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         spec = self._running.get(threading.get_ident())
         return spec.task_id if spec is not None else None
 
-    def begin_task(self, spec: TaskSpec) -> None:
-        """The calling thread starts running ``spec``: it can be interrupted until ``end_task``."""
+    def expect_task(self, task_id: TaskId) -> None:
+        """A task was handed to a user thread and begins soon: an interrupt that comes
+        before it begins is kept for it (``begin_task``). Trio thread."""
         with self._lock:
-            self._running[threading.get_ident()] = spec
+            self._expected[task_id] = None
+
+    def begin_task(self, spec: TaskSpec) -> BaseException | None:
+        """The calling thread starts running ``spec``: it can be interrupted until ``end_task``.
+
+        Returns:
+            The interrupt that came while the task was expected, if any (the task was
+            cancelled before it began: the caller should not run it).
+        """
+        ident = threading.get_ident()
+        with self._lock:
+            self._running[ident] = spec
+            early = self._expected.pop(spec.task_id, None)
+            if early is not None:
+                self._interrupts[ident] = early
+        return early
 
     def end_task(self) -> None:
         """The calling thread's task ended; an interrupt it did not raise is dropped."""
@@ -502,7 +519,10 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
             ident = next((i for i, spec in self._running.items() if spec.task_id == task_id),
                          None)
             if ident is None:
-                return False
+                if task_id not in self._expected:
+                    return False
+                self._expected[task_id] = error  # it has not begun: begin_task sees it
+                return True
             self._interrupts[ident] = error
             waiter = self._blocked.get(ident)
         if waiter is not None:

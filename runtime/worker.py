@@ -37,6 +37,7 @@ reference (defined in the driver's modules) load here as they did there.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import queue
@@ -102,7 +103,7 @@ class WorkerHost:
 
     def _execute(self, item: ExecuteTask) -> None:
         ctx = self.ctx
-        ctx.begin_task(item.spec)
+        early = ctx.begin_task(item.spec)  # cancelled before it began: not run, cancelled
         ctx.job_id = item.spec.job_id
         try:
             try:
@@ -110,7 +111,8 @@ class WorkerHost:
             except (ObjectLostError, ObjectStoreFullError, RaySystemError) as exc:
                 executed = _unreadable(item, exc)
             else:
-                executed = execute(item.spec, args, item.function, ctx)
+                target = functools.partial(_raise, early) if early is not None else None
+                executed = execute(item.spec, args, item.function, ctx, target=target)
                 del args  # the arguments' views of the store: their leases can end
                 executed = msgspec.structs.replace(executed, results=tuple(
                     ctx.objects.store_result(r, item.spec) for r in executed.results))
@@ -123,6 +125,7 @@ class WorkerHost:
     def _on_effect(self, effect: Msg) -> None:
         match effect:
             case ExecuteTask():
+                self.ctx.expect_task(effect.spec.task_id)  # an interrupt may come before it begins
                 self._jobs.put(lambda: self._execute(effect))
             case CreateActorInstance():
                 self.actor.on_create(effect)
@@ -142,6 +145,10 @@ class WorkerHost:
     def _on_lost(self, reason: str) -> None:
         self._log.warning("worker.daemon_lost", reason=reason)
         os._exit(1)  # a worker without its daemon has nothing left to do
+
+
+def _raise(error: BaseException, *args: object, **kwargs: object) -> None:
+    raise error
 
 
 def _unreadable(item: ExecuteTask, exc: BaseException) -> TaskExecuted:

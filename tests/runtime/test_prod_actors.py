@@ -8,12 +8,15 @@ makes its own actors; tests that kill workers only kill their own actor's.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
@@ -94,6 +97,9 @@ class Counter:
 
     def echo(self, value: Any) -> Any:
         return value
+
+    def where(self) -> str:
+        return shoal.get_runtime_context().get_node_id()
 
     def identity(self) -> tuple[str | None, str | None, bool]:
         context = shoal.get_runtime_context()
@@ -283,3 +289,42 @@ def test_shutdown_ends_actors_busy_in_calls(cluster: None) -> None:
     calls = [busy_main.wait.remote(), busy_pool.wait.remote()]
     ready, _ = shoal.wait(calls, num_returns=2, timeout=0.3)
     assert ready == []
+
+
+@contextmanager
+def _second_node(tmp_path: Any, node_id: str, resources: dict[str, float]) -> Iterator[None]:
+    """A second node daemon joined to the module's cluster over gRPC, for the ``with``."""
+    head_dir = _session_dir()
+    with open(os.path.join(head_dir, "session.json"), encoding="utf-8") as f:
+        head = json.load(f)
+    parent_r, parent_w = os.pipe()
+    daemon = subprocess.Popen(
+        [sys.executable, "-P", "-m", "shoal.runtime.node", "--session-dir", str(tmp_path),
+         "--node-id", node_id, "--head-node-id", head["node_id"],
+         "--gcs-endpoint", head["endpoint"], "--token-file", os.path.join(head_dir, "token"),
+         "--resources", json.dumps(resources), "--parent-fd", str(parent_r)],
+        pass_fds=(parent_r,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(parent_r)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if any(n["NodeID"] == node_id and n["Alive"] for n in shoal.nodes()):
+                break
+            time.sleep(0.05)
+        yield
+    finally:
+        os.close(parent_w)  # the daemon stops when the process that started it goes away
+        daemon.wait(10)
+
+
+def test_an_actor_on_another_node_is_called_over_grpc(cluster: None, tmp_path: Any) -> None:
+    with _second_node(tmp_path, "actors-second", {"CPU": 1.0, "special": 1.0}):
+        counter = Counter.options(resources={"special": 1.0}).remote(7)
+        assert shoal.get(counter.where.remote(), timeout=30) == "actors-second"
+        assert shoal.get([counter.inc.remote() for _ in range(20)]) == list(range(8, 28))
+        assert shoal.get(add_through.remote(counter, 100), timeout=30) == 127  # from node 1
+        pid = shoal.get(counter.pid.remote())
+        shoal.kill(counter)
+        with pytest.raises(RayActorError):
+            shoal.get(counter.inc.remote(), timeout=30)
+        assert _gone(pid), f"the killed actor's worker process {pid} still runs"
