@@ -5,9 +5,11 @@ Theory of operation
 A driver (the user's process) and a worker each run one ``CoreWorker`` kernel.
 ``CoreWorkerRuntime`` runs it on a ``KernelLoop`` in a background thread with
 its own trio run, connected to the node daemon's Unix socket
-(``runtime/local_transport.py``): every ``Send`` goes to the daemon, which
-routes it; every envelope from the daemon addressed to this process becomes a
-``Received`` input. If the connection closes, the daemon is gone: ``on_lost``
+(``runtime/local_transport.py``). Every ``Send`` goes to ``DirectLinks``
+(``runtime/direct_link.py``): to a worker of this node over a direct link
+(opened on the first send; a worker also listens for links itself), anything
+else to the daemon, which routes it; every envelope addressed to this process,
+from a link or the daemon, becomes a ``Received`` input (in per-peer order). If the connection closes, the daemon is gone: ``on_lost``
 says so (the driver fails its blocked calls, a worker exits).
 
 ``ProdWorkerContext`` is the ``WorkerContext`` the API layer calls from user
@@ -23,6 +25,10 @@ threads (``runtime/api/context.py`` has the threading contract):
   context's lock, so the kernel sees one thread's calls in the order they were
   made; the loop also folds the deque every ``REFS_FLUSH_S`` for refs dropped
   with no call after them.
+* ``get_objects``/``wait_objects`` first try to answer in the calling thread:
+  values this process already holds inline (done, no error) are read from the
+  kernel's object table without a trip through trio (``_readable_kernel`` says
+  why that read is safe); anything else goes to the kernel as below.
 * ``get_objects``/``wait_objects``/``kv_call`` queue a request with a fresh
   ``call_id`` and wait on a ``threading.Event``, set by the trio thread when the
   kernel emits ``GetCompleted``/``WaitCompleted``/``CallCompleted`` for it.
@@ -46,6 +52,7 @@ driver and a worker share (answers to blocking calls, refused actor calls).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
@@ -79,6 +86,7 @@ from shoal.runtime.actor_context import ProdActorContext
 from shoal.runtime.pg_context import ProdPlacementGroupContext  # placement groups
 from shoal.runtime.async_objects import ProdAsyncObjects
 from shoal.runtime.api.exceptions import RaySystemError
+from shoal.runtime.direct_link import DirectLinks
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect
 from shoal.runtime.local_transport import (
     Connection,
@@ -115,6 +123,7 @@ class CoreWorkerRuntime:
         self._cancel: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._conn: Connection | None = None
+        self.links: DirectLinks | None = None  # direct links to other workers of the node
         self._stopping = False
         self.reply: HelloReply | None = None
         self.kernel: CoreWorker | None = None
@@ -182,7 +191,9 @@ class CoreWorkerRuntime:
     def _flushed(self) -> bool:
         """The loop has handled what user threads posted, and the socket has written it."""
         conn, loop = self._conn, self.loop
-        return conn is None or conn.closed or (conn.idle and (loop is None or loop.idle))
+        links = self.links
+        return conn is None or conn.closed or (conn.idle and (loop is None or loop.idle)
+                                               and (links is None or links.idle))
 
     def _thread_main(self) -> None:
         try:
@@ -204,6 +215,10 @@ class CoreWorkerRuntime:
             return
         assert reply.raylet is not None and reply.gcs is not None
         self._conn, self.reply = conn, reply
+        self.links = DirectLinks(me=self.address, token=self._token,
+                                 session_dir=reply.session_dir, relay=conn.send,
+                                 deliver=self._deliver, log=self._log)
+        self.periodic.append(self.links.release_overdue)
         self.kernel = CoreWorker(self.address, raylet=reply.raylet, gcs=reply.gcs)
         self.loop = KernelLoop(self._route, log=self._log)
         self.loop.add_kernel(self.address, self.kernel, on_effect=self._host_effect)
@@ -212,6 +227,8 @@ class CoreWorkerRuntime:
             self._cancel, self._nursery = nursery.cancel_scope, nursery
             self._trio_token = trio.lowlevel.current_trio_token()
             await nursery.start(self.loop.run)
+            await nursery.start(functools.partial(  # workers listen for their owners' links
+                self.links.run, listen=self.address.component == "worker"))
             nursery.start_soon(conn.run_writer)
             nursery.start_soon(self._read, conn)
             nursery.start_soon(self._periodic)
@@ -228,8 +245,12 @@ class CoreWorkerRuntime:
         return self._view_ready.wait(timeout_s)
 
     def _route(self, src: Address, dst: Address, msg: Msg) -> None:
-        assert self._conn is not None
-        self._conn.send(Envelope(src=src, dst=dst, msg=msg))  # the daemon routes
+        assert self.links is not None  # a direct link to dst, else the daemon routes
+        self.links.send(Envelope(src=src, dst=dst, msg=msg))
+
+    def _deliver(self, envelope: Envelope) -> None:
+        assert self.loop is not None
+        self.loop.post(self.address, Received(src=envelope.src, msg=envelope.msg))
 
     def _host_effect(self, address: Address, effect: Msg) -> None:
         self._on_effect(effect)
@@ -243,10 +264,10 @@ class CoreWorkerRuntime:
             self._cancel.cancel()
 
     def _on_batch(self, conn: Connection, envelopes: list[Envelope]) -> None:
-        assert self.loop is not None
+        assert self.links is not None
         for envelope in envelopes:
             if envelope.dst == self.address:
-                self.loop.post(self.address, Received(src=envelope.src, msg=envelope.msg))
+                self.links.on_relayed(envelope)
 
     async def _periodic(self) -> None:
         while True:
@@ -299,6 +320,8 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         self._refused: dict[TaskId, str] = {}  # actor calls refused as submitted
         self._expected: dict[TaskId, BaseException | None] = {}  # handed over, not begun yet
         self._objects: ProcessObjects | None = None
+        self.fast_gets = 0  # calls answered without the trio thread (introspection)
+        self.fast_waits = 0
         runtime.periodic.append(self.flush_refs)
         runtime.periodic.append(self._flush_objects)
 
@@ -428,6 +451,9 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
     # --- blocking calls ------------------------------------------------------------
 
     def get_objects(self, refs: list[ObjectRefInfo], timeout_s: float | None) -> list[ObjectResult]:
+        ready = self._ready_inline(refs)
+        if ready is not None:
+            return ready  # every value is already in this process: no trip through trio
         waiter = self._new_waiter()
         self._post(GetRequested(call_id=waiter.call_id, refs=tuple(refs),
                                 timeout_ns=_timeout_ns(timeout_s)))
@@ -436,11 +462,65 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
 
     def wait_objects(self, refs: list[ObjectRefInfo], num_returns: int,
                      timeout_s: float | None, fetch_local: bool) -> list[ObjectId]:
+        ready = self._first_ready(refs, num_returns)
+        if ready is not None:
+            return ready
         waiter = self._new_waiter()
         self._post(WaitRequested(call_id=waiter.call_id, refs=tuple(refs),
                                  num_returns=num_returns, timeout_ns=_timeout_ns(timeout_s),
                                  fetch_local=fetch_local))
         return list(self._block(waiter))
+
+    def _readable_kernel(self) -> CoreWorker | None:
+        """The kernel, if a user thread may read finished values from it right now.
+
+        Why reading another thread's kernel is safe here: the fast paths only trust an
+        inline value that is done without error. Such a value never changes (objects
+        are immutable; only stored objects go back to pending, for reconstruction), and
+        its row cannot be freed while the caller holds a ref to it. A dict lookup and
+        attribute reads are atomic under the GIL; anything else is a miss, and the call
+        takes the kernel's path. A task thread with an interrupt pending also does.
+        """
+        if self._lost or (self._interrupts and threading.get_ident() in self._interrupts):
+            return None
+        return self._runtime.kernel
+
+    def _ready_inline(self, refs: list[ObjectRefInfo]) -> list[ObjectResult] | None:
+        """``get``'s answer if every ref is done with an inline value here, else None."""
+        kernel = self._readable_kernel()
+        if kernel is None or not refs:
+            return None
+        result_of = kernel.objects.result
+        results: list[ObjectResult] = []
+        for info in refs:
+            result = result_of(info.object_id)
+            if result is None or result.stored or result.error is not None or result.value is None:
+                return None
+            results.append(result)
+        self.fast_gets += 1
+        return results
+
+    def _first_ready(self, refs: list[ObjectRefInfo], num_returns: int) -> list[ObjectId] | None:
+        """``wait``'s answer (the first ``num_returns`` done refs, in the order given) when
+        that many are done with inline values here before any ref the kernel must judge
+        (stored values, errors); else None. Stops at the ``num_returns``-th."""
+        kernel = self._readable_kernel()
+        need = min(num_returns, len(refs))
+        if kernel is None or need <= 0:
+            return None
+        result_of = kernel.objects.result
+        ready: list[ObjectId] = []
+        for info in refs:
+            result = result_of(info.object_id)
+            if result is None:
+                continue  # pending: not ready for the kernel either
+            if result.stored or result.error is not None:
+                return None
+            ready.append(info.object_id)
+            if len(ready) == need:
+                self.fast_waits += 1
+                return ready
+        return None
 
     def kv_call(self, request: KvRequest) -> Any:
         """One internal-KV request through this process's GCS client; blocks."""

@@ -241,7 +241,8 @@ class Connection:
             await self.framed.stream.aclose()
 
 
-def _peer_uid(stream: trio.SocketStream) -> int | None:
+def peer_uid(stream: trio.SocketStream) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None where unknown)."""
     try:
         raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                        struct.calcsize("3i"))
@@ -344,7 +345,7 @@ class LocalServer:
         problem = ""
         if self._open >= self._limits.connections_max:
             problem = "too many connections"
-        elif (uid := _peer_uid(framed.stream)) is not None and uid != os.getuid():
+        elif (uid := peer_uid(framed.stream)) is not None and uid != os.getuid():
             problem = f"peer uid {uid} is not this daemon's"
         hello: Hello | None = None
         if not problem:
