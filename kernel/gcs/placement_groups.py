@@ -28,8 +28,9 @@ those bundles unplaced too.
 Removal (``RemovePlacementGroup``): the row is ``REMOVED`` for good, every
 live node (not only those holding or preparing bundles) is sent
 ``ReleaseBundles`` for the whole group (the raylet kills the leases using the
-bundles and refuses requests for the group from then on), and the GCS kills
-the group's actors (the
+bundles and refuses requests for the group from then on; a node that joins
+or rejoins later hears of every removed group kept), and the GCS kills the
+group's actors (the
 caller, ``Gcs``, asks the actor manager with ``removed_groups``). At most
 ``removed_max`` removed rows are kept.
 
@@ -108,6 +109,7 @@ class PlacementGroupManager:
         self.removed_groups: list[str] = []  # removed by the last input: for the actor manager
         self.version = 0
         self._place_armed = False
+        self._incarnations: dict[NodeId, int] = {}  # live nodes as last seen
         tables = recovered or {}
         self._releases = Releases(config.retry_ns, tables.get(PG_RELEASES_TABLE))
         self._recover(tables.get(PGS_TABLE, {}))
@@ -395,13 +397,27 @@ class PlacementGroupManager:
     def on_cluster_changed(self, now: Nanos) -> list[Msg]:
         """The node table or the view moved: bundles on dead nodes are lost; place again."""
         effects: list[Msg] = []
-        for key, node, incarnation in self._releases.entries():
+        for pg_id, node, incarnation in self._releases.entries():
             if self._gone(node, incarnation):
-                effects += self._releases.forget(f"{key}@{node}")
+                effects += self._releases.forget(f"{pg_id}@{node}")
+        effects += self._tell_joined_nodes(now)
         for row in list(self._rows.values()):
             if row.state is not PgState.REMOVED:
                 effects += self._drop_lost(row, now)
         return effects + self._place_unplaced(now)
+
+    def _tell_joined_nodes(self, now: Nanos) -> list[Msg]:
+        """A node that joined (or rejoined under a new incarnation) may hold requests of
+        groups removed while it was away: it hears of every removed group kept."""
+        live = {n.node_id: n.incarnation for n in self._cluster.live_nodes()}
+        joined = [n for n, inc in live.items() if self._incarnations.get(n) != inc]
+        self._incarnations = live
+        effects: list[Msg] = []
+        for node in joined:
+            for pg_id in self._removed:
+                effects += self._release(self._rows[pg_id], node, (),
+                                         f"placement group {pg_id!r} was removed", now)
+        return effects
 
     def _drop_lost(self, row: PgRow, now: Nanos) -> list[Msg]:
         lost = [i for i, node in enumerate(row.nodes)

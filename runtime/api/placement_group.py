@@ -302,13 +302,13 @@ def actor_in_placement_group(held: dict[str, float], placement: dict[str, float]
                                                                   dict[str, float]]:
     """An actor's held and placement shapes, rewritten into its group's, if it has one.
 
-    Ray places a default actor with 1 CPU; in a group whose bundles hold no CPU that
-    CPU could never be found, so it is dropped there."""
+    Ray places a default actor with 1 CPU it does not hold; in a group, the bundle is
+    the reservation already (and may hold less than 1 CPU, or none), so a default
+    actor needs only to fit the bundle: that placement CPU is dropped there."""
     chosen = _strategy_of(options)
     if chosen is None:
         return held, placement
     pg, index = chosen
-    bundles = pg.bundle_specs if index < 0 else pg.bundle_specs[index:index + 1]
-    if "CPU" not in held and not any(b.get("CPU", 0) > 0 for b in bundles):
+    if "CPU" not in held:
         placement = {k: v for k, v in placement.items() if k != "CPU"}
     return group_shape(held, pg.id.hex(), index), group_shape(placement, pg.id.hex(), index)

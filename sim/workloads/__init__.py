@@ -5,7 +5,7 @@ from __future__ import annotations
 from random import Random
 from typing import Any
 
-WORKLOADS = ("membership", "tasks", "actors")
+WORKLOADS = ("membership", "tasks", "actors", "placement_groups")
 
 
 class UnknownWorkload(ValueError):
@@ -23,5 +23,8 @@ def make_workload(name: str, rng: Random) -> Any:
     if name == "actors":
         from shoal.sim.workloads.actors import ActorsWorkload
         return ActorsWorkload(rng)
+    if name == "placement_groups":
+        from shoal.sim.workloads.placement_groups import PlacementGroupsWorkload
+        return PlacementGroupsWorkload(rng)
     raise UnknownWorkload(
         f"unknown workload {name!r}; choose one of: {', '.join(WORKLOADS)}")
