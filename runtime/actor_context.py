@@ -23,6 +23,9 @@ that the trio thread sets when the kernel answers) and ``_lock``.
 
 In the process that hosts an actor, ``current_actor_id`` and
 ``current_actor_restarts`` are set by the actor's host (``runtime/actor_worker.py``).
+``namespace`` is the driver's ``init(namespace=...)``; without one (and in
+workers: TODO(#4) carry the job's namespace to them) actors are named in the
+job's anonymous namespace.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class ProdActorContext:
 
     current_actor_id: ActorId | None = None
     current_actor_restarts: int = 0
+    namespace: str | None = None  # a driver's ``init(namespace=...)``; None: the job's own
     _lock: threading.Lock
     _refused: dict[TaskId, str]
 

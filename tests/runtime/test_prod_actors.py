@@ -34,6 +34,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot im
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 MIB = 1 << 20
+NAMESPACE = "prod-actors"
 PROCESS_GONE_S = 10.0  # a bound on waiting for a killed process, not a timing assertion
 
 
@@ -67,7 +68,7 @@ def _gone(pid: int) -> bool:
 def cluster() -> Iterator[None]:
     """One 2-CPU local cluster for the module, checked clean at the end."""
     before = {p.pid for p in _our_processes()}
-    shoal.init(num_cpus=2)
+    shoal.init(num_cpus=2, namespace=NAMESPACE)
     session_dir = _session_dir()
     try:
         yield
@@ -191,6 +192,10 @@ def test_named_actor_found_by_get_actor_and_get_if_exists(cluster: None) -> None
     counter = Counter.options(name="prod-counter").remote(100)
     found = shoal.get_actor("prod-counter")
     assert shoal.get(found.inc.remote()) == 101
+    in_namespace = shoal.get_actor("prod-counter", namespace=NAMESPACE)  # init's namespace
+    assert in_namespace == found
+    with pytest.raises(ValueError, match="no live actor"):
+        shoal.get_actor("prod-counter", namespace="elsewhere")
     again = Counter.options(name="prod-counter", get_if_exists=True).remote()
     assert shoal.get(again.inc.remote()) == 102
     with pytest.raises(ValueError, match="already taken"):
