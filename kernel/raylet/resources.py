@@ -270,13 +270,18 @@ class ClusterView:
 
     def ranked_total(self, need: Mapping[str, int],
                      candidates: Iterable[NodeInfo]) -> list[NodeId]:
-        """Candidates whose total fits ``need``, most free first, ties by node id."""
+        """Candidates whose total fits ``need``, most free first, ties by node id.
+
+        The total is the node table's, with what the view adds (the resources of
+        placement group bundles committed there)."""
         scored = []
         for info in candidates:
+            entry = self.entries.get(info.node_id)
             total = to_units(info.resources)
+            if entry is not None:  # placement groups: committed bundles add resources
+                total = {**total, **entry.total}
             if not fits(need, total):
                 continue
-            entry = self.entries.get(info.node_id)
             free = free_fraction(entry.total, entry.available) if entry else 1.0
             scored.append((-free, info.node_id))
         return [node_id for _, node_id in sorted(scored)]
