@@ -181,6 +181,8 @@ class Executor:
         run = self._current
         if run is not None and run.push.spec.task_id == msg.task_id:
             if run.phase is ExecPhase.RUNNING:
+                if run.cancelled:
+                    return []  # a re-sent cancel: interrupted already
                 run.cancelled = True
                 return [InterruptTask(task_id=msg.task_id, force=msg.force)]
             return self._fail(run, _cancelled(run.push.spec))

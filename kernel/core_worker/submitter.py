@@ -22,7 +22,8 @@ with ``worker_crashed``. A task whose user code raised is retried only under
 
 Cancel: a waiting or queued task fails at once with ``task_cancelled``; a pushed
 one gets ``CancelTask`` (carrying ``recursive``: its worker then cancels the
-tasks it submitted) and is never retried.
+tasks it submitted), re-sent with each re-push until the task ends, and is
+never retried.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class _Task:
     lease_id: str = ""
     retries_left: int = 0
     cancelled: bool = False
+    cancel: CancelTask | None = None  # sent to its worker; re-sent with each re-push
     silent_pushes: int = 0
 
 
@@ -399,7 +401,8 @@ class Submitter:
             cause = f"the worker answered nothing for {task.silent_pushes} pushes"
             return self._lease_lost(lease, cause, now, tell_raylet=True)
         lease.functions.pop(task.spec.function_id, None)  # the first push may have been lost
-        return self._push(task, lease, now)
+        resend = [Send(dst=lease.worker, msg=task.cancel)] if task.cancel is not None else []
+        return resend + self._push(task, lease, now)  # (the cancel may have been lost too)
 
     def on_task_running(self, msg: TaskRunning) -> list[Msg]:
         task = self._tasks.get(msg.task_id)
@@ -551,8 +554,9 @@ class Submitter:
         if task.phase is TaskPhase.PUSHED:
             lease = self._leases.get(task.lease_id)
             if lease is not None:
-                return [Send(dst=lease.worker, msg=CancelTask(
-                    task_id=task.spec.task_id, force=force, recursive=recursive))]
+                task.cancel = CancelTask(task_id=task.spec.task_id, force=force,
+                                         recursive=recursive)
+                return [Send(dst=lease.worker, msg=task.cancel)]
         return []  # waiting for args: fails with task_cancelled when they are ready
 
     # --- phases and checks -----------------------------------------------

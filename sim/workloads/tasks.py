@@ -3,7 +3,8 @@
 A driver program written against the public API (``shoal.remote``, ``get``,
 ``put``, ``wait``, ``cancel``) runs on the simulated cluster: fan-out and
 fan-in, nested tasks that block in ``get``, values below and above the inline
-limit, refs passed between tasks, a failing task, and cancellations. The shape
+limit, refs passed between tasks, a failing task, and cancellations (one of a
+task blocked on children it submitted: a recursive cancel). The shape
 (widths, depths, sizes) is drawn from the seed.
 
 Checked:
@@ -95,8 +96,13 @@ def _define_functions() -> SimpleNamespace:
         api.sleep(seconds)
         return "woke"
 
+    @shoal.remote(max_retries=-1)
+    def spawner(seconds: float) -> list[str]:
+        # Its children sleep far past the run's end: only a recursive cancel ends them.
+        return list(shoal.get([sleepy.remote(seconds) for _ in range(2)]))
+
     return SimpleNamespace(square=square, total=total, nested=nested, size_of=size_of,
-                           make_blob=make_blob, fails=fails, sleepy=sleepy)
+                           make_blob=make_blob, fails=fails, sleepy=sleepy, spawner=spawner)
 
 
 def _one_round(f: SimpleNamespace, shape: _Shape) -> None:
@@ -132,6 +138,18 @@ def _one_round(f: SimpleNamespace, shape: _Shape) -> None:
     shoal.cancel(doomed)
     try:
         outcome = shoal.get(doomed)
+        raise AssertionError(f"a cancelled task returned {outcome!r}")
+    except exceptions.TaskCancelledError:
+        pass
+
+    # Recursive cancel (the default): the tasks the spawner submitted, which its worker
+    # owns, are cancelled with it; were they not, they would still be pending at
+    # quiescence (they sleep 1000 s), which the workload reports.
+    spawner = f.spawner.remote(1000.0)
+    api.sleep(0.5)
+    shoal.cancel(spawner)
+    try:
+        outcome = shoal.get(spawner)
         raise AssertionError(f"a cancelled task returned {outcome!r}")
     except exceptions.TaskCancelledError:
         pass

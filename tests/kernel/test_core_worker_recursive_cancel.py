@@ -24,7 +24,7 @@ from shoal.kernel.core_worker.protocol import (
     TaskSubmitted,
 )
 from shoal.kernel.ids import TaskId
-from shoal.kernel.messages import Address, CancelTimer, Received, Send, SetTimer, Started
+from shoal.kernel.messages import Address, CancelTimer, Received, Send, SetTimer, Started, TimerFired
 from shoal.kernel.raylet.protocol import (
     CancelLeaseRequest,
     LeaseGranted,
@@ -131,3 +131,25 @@ def test_the_driver_forwards_recursive_to_the_executing_worker() -> None:
         request_id=1, lease_id="L1", worker=W1, node_id="n1")), now=0)  # type: ignore[arg-type]
     assert core.handle(CancelRequested(object_id="P.r0", recursive=False), now=1) == [  # type: ignore[arg-type]
         Send(dst=W1, msg=CancelTask(task_id=TaskId("P"), recursive=False))]
+
+
+def test_a_lost_cancel_is_sent_again_with_each_re_push_and_interrupts_once() -> None:
+    driver_raylet = Address(node="n0", component="raylet")
+    core = CoreWorker(DRIVER, raylet=driver_raylet, gcs=GCS)
+    core.handle(Started(), now=0)
+    parent = spec("P", DRIVER)
+    core.handle(TaskSubmitted(spec=parent, function=b"code"), now=0)
+    core.handle(Received(src=driver_raylet, msg=LeaseGranted(
+        request_id=1, lease_id="L1", worker=W1, node_id="n1")), now=0)  # type: ignore[arg-type]
+    cancel = CancelTask(task_id=TaskId("P"))
+    assert core.handle(CancelRequested(object_id="P.r0"), now=1) == [  # type: ignore[arg-type]
+        Send(dst=W1, msg=cancel)]
+    assert core.handle(TimerFired(key="task.push.P"), now=S) == [
+        Send(dst=W1, msg=cancel),
+        Send(dst=W1, msg=PushTask(lease_id="L1", spec=parent, function=b"code")),
+        SetTimer(key="task.push.P", at_ns=2 * S),
+    ]
+    worker = running_parent()
+    assert worker.handle(Received(src=DRIVER, msg=cancel), now=2) == [
+        InterruptTask(task_id=TaskId("P"), force=False)]
+    assert worker.handle(Received(src=DRIVER, msg=cancel), now=3) == [], "interrupted once"

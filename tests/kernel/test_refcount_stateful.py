@@ -3,7 +3,10 @@
 Rules drive one owner core worker with random interleavings of: creating and
 dropping local refs, submitting tasks that take objects as arguments (top level
 or nested in a value), tasks finishing (possibly returning refs nested in their
-values), puts, borrowers registering and releasing. After every step:
+values), puts, borrowers registering and releasing, and borrowers registering
+themselves (``AddBorrower``, as a holder that a ref was forwarded to does) and
+releasing, with old registrations delivered again late (network duplicates).
+After every step:
 
 * an object that the model says is referenced is still in the owner's table;
 * ``check_invariants`` holds.
@@ -18,6 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from shoal.kernel.core_worker import CoreWorker
 from shoal.kernel.core_worker.protocol import (
+    AddBorrower,
+    BorrowerAdded,
     ObjectPut,
     ObjectResult,
     RefReleased,
@@ -25,7 +30,7 @@ from shoal.kernel.core_worker.protocol import (
     TaskDone,
     TaskSubmitted,
 )
-from shoal.kernel.messages import Address, Received, Started
+from shoal.kernel.messages import Address, Received, Send, Started
 from shoal.kernel.raylet.protocol import LeaseGranted
 from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskArg, TaskSpec
 
@@ -33,6 +38,7 @@ DRIVER = Address(node="n0", component="driver")
 RAYLET = Address(node="n0", component="raylet")
 GCS = Address(node="n0", component="gcs")
 BORROWER = Address(node="n1", component="worker", worker="b")
+HOLDERS = tuple(Address(node="n2", component="worker", worker=f"h{i}") for i in range(3))
 
 
 class RefCounting(RuleBasedStateMachine):
@@ -47,6 +53,9 @@ class RefCounting(RuleBasedStateMachine):
         self.contains: dict[str, list[str]] = {}  # object -> refs nested in its value
         self.next_id = 1
         self.next_lease = 1
+        self.registered: dict[tuple[Address, str], int] = {}  # (holder, object) -> epoch
+        self.registrations: list[tuple[Address, str, int]] = []  # every AddBorrower sent
+        self.epoch = 0
 
     def _info(self, object_id: str) -> ObjectRefInfo:
         return ObjectRefInfo(object_id=object_id, owner=DRIVER)
@@ -127,6 +136,41 @@ class RefCounting(RuleBasedStateMachine):
         self.core.objects.add_borrower(object_id, BORROWER)
         self.core.handle(Received(src=BORROWER, msg=RefReleased(object_id=object_id)), now=0)
 
+    @precondition(lambda self: bool(self.local))
+    @rule(index=st.integers(0, 50), who=st.integers(0, len(HOLDERS) - 1))
+    def holder_registers(self, index: int, who: int) -> None:
+        """A ref was forwarded to a holder (its passer holds the object meanwhile)."""
+        object_id = list(self.local)[index % len(self.local)]
+        holder = HOLDERS[who]
+        if (holder, object_id) in self.registered:
+            return
+        self.epoch += 1
+        self.registered[(holder, object_id)] = self.epoch
+        self.registrations.append((holder, object_id, self.epoch))
+        add = AddBorrower(object_id=object_id, epoch=self.epoch)  # type: ignore[arg-type]
+        assert self.core.handle(Received(src=holder, msg=add), now=0) == [
+            Send(dst=holder, msg=BorrowerAdded(object_id=object_id, epoch=self.epoch))]  # type: ignore[arg-type]
+
+    @precondition(lambda self: bool(self.registered))
+    @rule(index=st.integers(0, 50))
+    def holder_releases(self, index: int) -> None:
+        holder, object_id = list(self.registered)[index % len(self.registered)]
+        epoch = self.registered.pop((holder, object_id))
+        self.core.handle(Received(src=holder, msg=RefReleased(
+            object_id=object_id, epoch=epoch)), now=0)  # type: ignore[arg-type]
+
+    @precondition(lambda self: bool(self.registrations))
+    @rule(index=st.integers(0, 50))
+    def an_old_registration_arrives_again(self, index: int) -> None:
+        """A duplicate: counted already, or ended by a release (then it must not count)."""
+        holder, object_id, epoch = self.registrations[index % len(self.registrations)]
+        self.core.handle(Received(src=holder, msg=AddBorrower(
+            object_id=object_id, epoch=epoch)), now=0)  # type: ignore[arg-type]
+        row = self.core.objects._refs.get(object_id)  # noqa: SLF001
+        counted = row is not None and holder in row.borrowers
+        assert counted == ((holder, object_id) in self.registered), (
+            f"{holder} counted={counted} as a borrower of {object_id} after a late duplicate")
+
     def _add_ref(self, object_id: str) -> None:
         self.local[object_id] = self.local.get(object_id, 0) + 1
         self.core.handle(RefsChanged(deltas=((self._info(object_id), 1),)), now=0)
@@ -134,6 +178,7 @@ class RefCounting(RuleBasedStateMachine):
     def _referenced(self) -> set[str]:
         """Held locally, an argument of a pending task, or nested in a referenced value."""
         live = set(self.local) | {o for objs in self.task_args.values() for o in objs}
+        live |= {object_id for _, object_id in self.registered}
         live |= {spec.return_ids[0] for spec in self.pending.values()}
         frontier = list(live)
         while frontier:
@@ -150,6 +195,9 @@ class RefCounting(RuleBasedStateMachine):
         self.core.check_invariants()
 
     def teardown(self) -> None:
+        for (holder, object_id), epoch in list(self.registered.items()):
+            self.core.handle(Received(src=holder, msg=RefReleased(
+                object_id=object_id, epoch=epoch)), now=0)  # type: ignore[arg-type]
         for object_id, count in list(self.local.items()):
             self.core.handle(RefsChanged(deltas=((self._info(object_id), -count),)), now=0)
         if not self.pending:
