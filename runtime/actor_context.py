@@ -23,9 +23,12 @@ that the trio thread sets when the kernel answers) and ``_lock``.
 
 In the process that hosts an actor, ``current_actor_id`` and
 ``current_actor_restarts`` are set by the actor's host (``runtime/actor_worker.py``).
-``namespace`` is the driver's ``init(namespace=...)``; without one (and in
-workers: TODO(#4) carry the job's namespace to them) actors are named in the
-job's anonymous namespace.
+
+Namespaces: actors are named and looked up in the job's namespace, the
+driver's ``init(namespace=...)`` (else the job's anonymous one). The driver
+records it in the GCS's internal KV under its job id (``JOB_NAMESPACE_KV``)
+when it is set; a worker reads it from there the first time it needs the
+namespace of a job, and keeps it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from shoal.kernel.core_worker.actor_protocol import (
     ActorRequestCompleted,
 )
 from shoal.kernel.core_worker.protocol import GetRequested
+from shoal.kernel.gcs.protocol import KvGet, KvPut, KvRequest
 from shoal.kernel.gcs.actor_protocol import ActorSpec
 from shoal.kernel.ids import ActorId, TaskId
 from shoal.kernel.messages import Msg
@@ -51,21 +55,52 @@ from shoal.runtime.api.exceptions import PendingCallsLimitExceeded
 if TYPE_CHECKING:
     from shoal.runtime.driver import _Waiter
 
+JOB_NAMESPACE_KV = "shoal.job_namespace"  # KV namespace: job id -> the job's actor namespace
+
 
 class ProdActorContext:
     """The ``ActorContext`` methods of ``ProdWorkerContext`` (see the module docstring)."""
 
     current_actor_id: ActorId | None = None
     current_actor_restarts: int = 0
-    namespace: str | None = None  # a driver's ``init(namespace=...)``; None: the job's own
+    job_id: str
     _lock: threading.Lock
     _refused: dict[TaskId, str]
+    _job_namespaces: dict[str, str | None] | None = None  # job id -> its namespace (workers)
+    _own_namespace: str | None = None
+    _namespace_set = False  # a driver's: set once at init, never read from the KV
 
     if TYPE_CHECKING:  # provided by ProdWorkerContext
         def _post(self, event: Msg | None) -> None: ...
+        def kv_call(self, request: KvRequest) -> Any: ...
         def _new_waiter(self) -> _Waiter: ...
         def _block(self, waiter: _Waiter) -> Any: ...
         def _check_alive(self) -> None: ...
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace of the job the calling code runs for; None: the job's anonymous one."""
+        if self._namespace_set:
+            return self._own_namespace
+        job_id = self.job_id
+        if not job_id:
+            return None  # a worker before its first task: no job yet
+        cache = self._job_namespaces
+        if cache is None:
+            cache = self._job_namespaces = {}
+        if job_id not in cache:
+            raw = self.kv_call(KvGet(request_id=0, namespace=JOB_NAMESPACE_KV,
+                                     key=job_id.encode()))
+            cache[job_id] = bytes(raw).decode() if raw else None
+        return cache[job_id]
+
+    @namespace.setter
+    def namespace(self, namespace: str | None) -> None:
+        """A driver's namespace (``init(namespace=...)``), recorded for its workers."""
+        self._own_namespace, self._namespace_set = namespace, True
+        if namespace:
+            self.kv_call(KvPut(request_id=0, namespace=JOB_NAMESPACE_KV,
+                               key=self.job_id.encode(), value=namespace.encode()))
 
     def create_actor(self, spec: ActorSpec, function: bytes,
                      get_if_exists: bool) -> ActorRequestCompleted:

@@ -341,9 +341,9 @@ def _connect_driver(socket_path: str, token: str, node_id: str,
     runtime = CoreWorkerRuntime(socket_path=socket_path, token=token, address=address,
                                 on_effect=on_effect, on_lost=on_lost, log=log)
     ctx = ProdWorkerContext(runtime, job_id=f"job-{secrets.token_hex(4)}")
-    ctx.namespace = namespace  # of the actors this driver names and looks up
     holder.append(ctx)
     runtime.start()
+    ctx.namespace = namespace  # of the job's actors; recorded in the GCS for its workers
     runtime.wait_for_view(VIEW_TIMEOUT_S)  # so that nodes() right after init() shows the node
     return runtime, ctx
 

@@ -155,6 +155,11 @@ class Arrays:
 
 
 @shoal.remote
+def add_to_named(name: str, by: int) -> int:
+    return int(shoal.get(shoal.get_actor(name).inc.remote(by)))
+
+
+@shoal.remote
 def add_through(counter: Any, by: int) -> int:
     return int(shoal.get(counter.inc.remote(by)))
 
@@ -196,8 +201,9 @@ def test_named_actor_found_by_get_actor_and_get_if_exists(cluster: None) -> None
     assert in_namespace == found
     with pytest.raises(ValueError, match="no live actor"):
         shoal.get_actor("prod-counter", namespace="elsewhere")
+    assert shoal.get(add_to_named.remote("prod-counter", 10)) == 111  # the job's namespace
     again = Counter.options(name="prod-counter", get_if_exists=True).remote()
-    assert shoal.get(again.inc.remote()) == 102
+    assert shoal.get(again.inc.remote()) == 112
     with pytest.raises(ValueError, match="already taken"):
         Counter.options(name="prod-counter").remote()
     with pytest.raises(ValueError, match="no live actor"):
