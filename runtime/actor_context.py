@@ -45,8 +45,8 @@ from shoal.kernel.core_worker.actor_protocol import (
     ActorRequestCompleted,
 )
 from shoal.kernel.core_worker.protocol import GetRequested
-from shoal.kernel.gcs.protocol import KvGet, KvPut, KvRequest
 from shoal.kernel.gcs.actor_protocol import ActorSpec
+from shoal.kernel.gcs.protocol import KvGet, KvPut, KvRequest
 from shoal.kernel.ids import ActorId, TaskId
 from shoal.kernel.messages import Msg
 from shoal.kernel.task_spec import TaskSpec
