@@ -370,8 +370,15 @@ class CoreWorker:
         self.objects.drop_locations(newly_dead)
         dead_set = set(newly_dead)
         effects = self.submitter.on_nodes_dead(dead_set, now)
-        effects += self.objects.drop_forwarding_to(dead_set)
-        return effects + self.calls.fail_objects(self.objects.fail_owned_by(dead_set))
+
+        def gone(process: Address) -> bool:
+            # A node that rejoined lost its raylet's workers; a driver there outlives the
+            # restart (only a node declared dead takes its driver with it).
+            return process.node in newly_dead and (
+                process.node in self._dead_nodes or process.component != "driver")
+
+        effects += self.objects.drop_forwarding_to(gone)
+        return effects + self.calls.fail_objects(self.objects.fail_owned_by(gone))
 
     def _on_timer(self, event: TimerFired, now: Nanos) -> list[Msg]:
         key = event.key

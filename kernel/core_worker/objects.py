@@ -51,6 +51,7 @@ worker, which wakes whoever waits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -476,12 +477,12 @@ class ObjectTable:
     def has_deferred(self) -> bool:
         return bool(self._deferred)
 
-    def drop_forwarding_to(self, dead: set[NodeId]) -> list[Msg]:
-        """Holders and owners on dead nodes will never answer: stop waiting for them."""
+    def drop_forwarding_to(self, gone: Callable[[Address], bool]) -> list[Msg]:
+        """Holders and owners that are ``gone`` will never answer: stop waiting for them."""
         effects: list[Msg] = []
-        for handoff_id in [h for h, v in self._handoffs.items() if v.holder.node in dead]:
+        for handoff_id in [h for h, v in self._handoffs.items() if gone(v.holder)]:
             effects += self.on_borrow_registered(BorrowRegistered(handoff_id=handoff_id))
-        for ref in [r for r in self._refs.values() if r.registering and r.owner.node in dead]:
+        for ref in [r for r in self._refs.values() if r.registering and gone(r.owner)]:
             ref.registering = 0
             effects.append(CancelTimer(key=f"{REGISTER_TIMER_PREFIX}{ref.object_id}"))
             effects += [Send(dst=passer, msg=BorrowRegistered(handoff_id=handoff_id))
@@ -528,11 +529,11 @@ class ObjectTable:
         assert ref.result is not None
         return [Send(dst=src, msg=ObjectStatus(result=ref.result))]
 
-    def fail_owned_by(self, dead_nodes: set[NodeId]) -> list[ObjectResult]:
-        """Borrowed objects still being fetched from owners on dead nodes: owner died."""
+    def fail_owned_by(self, gone: Callable[[Address], bool]) -> list[ObjectResult]:
+        """Borrowed objects still being fetched from owners that are ``gone``: owner died."""
         failed: list[ObjectResult] = []
         for ref in self._refs.values():
-            if not ref.owned and ref.fetching and ref.owner.node in dead_nodes:
+            if not ref.owned and ref.fetching and gone(ref.owner):
                 failed.append(ObjectResult(object_id=ref.object_id, error=ObjectError(
                     kind="owner_died", message=(
                         f"object {ref.object_id} is lost: its owner {ref.owner} died with "

@@ -18,6 +18,7 @@ from shoal.kernel.core_worker.protocol import (
     BorrowerAdded,
     BorrowRegistered,
     ExecuteTask,
+    GetObject as GetObjectMsg,
     GetCompleted,
     GetRequested,
     ObjectPut,
@@ -274,3 +275,47 @@ def test_a_holder_asked_before_the_results_arrive_waits_for_them() -> None:
     d.handle(TaskSubmitted(spec=spec("T1", D), function=b"fn"), now=0)
     ask = RegisterBorrow(handoff_id=4, ref=X, task_id=TaskId("T1"))
     assert d.handle(Received(src=W, msg=ask), now=1) == [], "T1's TaskDone has not come yet"
+
+
+# --- owners that die -------------------------------------------------------------------
+
+
+def _fetching_from(owner: Address) -> CoreWorker:
+    from shoal.kernel.gcs.protocol import NodeInfo, NodeTableUpdate
+
+    core = CoreWorker(W, raylet=raylet_of(W), gcs=GCS)
+    core.handle(Started(), now=0)
+    table = NodeTableUpdate(from_version=0, to_version=1, full=True, nodes=(
+        NodeInfo(node_id=owner.node, incarnation=1, state="alive", resources={}),))
+    core.handle(Received(src=GCS, msg=table), now=0)
+    info = ObjectRefInfo(object_id="y1", owner=owner)  # type: ignore[arg-type]
+    core.handle(RefsChanged(deltas=((info, 1),)), now=0)
+    assert core.handle(GetRequested(call_id=1, refs=(info,)), now=0)[0] == Send(
+        dst=owner, msg=GetObjectMsg(object_id="y1"))  # type: ignore[arg-type]
+    return core
+
+
+def _node_row(node: str, incarnation: int, state: str, version: int) -> Received:
+    from shoal.kernel.gcs.protocol import NodeInfo, NodeTableUpdate
+
+    return Received(src=GCS, msg=NodeTableUpdate(from_version=version - 1, to_version=version,
+                                                 full=False, nodes=(NodeInfo(
+        node_id=node, incarnation=incarnation, state=state, resources={}),)))  # type: ignore[arg-type]
+
+
+def test_a_driver_outlives_its_nodes_raylet_restart_but_not_its_nodes_death() -> None:
+    core = _fetching_from(D)
+    assert [e for e in core.handle(_node_row("n0", 2, "alive", 2), now=1)
+            if isinstance(e, GetCompleted)] == [], "a new incarnation: the driver lives on"
+    failed = [e for e in core.handle(_node_row("n0", 2, "dead", 3), now=2)
+              if isinstance(e, GetCompleted)]
+    assert len(failed) == 1 and failed[0].results[0].error is not None
+    assert failed[0].results[0].error.kind == "owner_died"
+
+
+def test_a_worker_owner_dies_with_its_raylets_restart() -> None:
+    owner = Address(node="n3", component="worker", worker="o3")
+    core = _fetching_from(owner)
+    failed = [e for e in core.handle(_node_row("n3", 2, "alive", 2), now=1)
+              if isinstance(e, GetCompleted)]
+    assert len(failed) == 1 and failed[0].results[0].error.kind == "owner_died"  # type: ignore[union-attr]
