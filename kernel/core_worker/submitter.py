@@ -264,13 +264,16 @@ class Submitter:
         return self._send_request(request, now) if request is not None else []
 
     def on_lease_granted(self, src: Address, msg: LeaseGranted, now: Nanos) -> list[Msg]:
-        request = self._requests.pop(msg.request_id, None)
+        # (placement groups: a grant or refusal from a raylet the request moved away from
+        # leaves the request where it is; popping it first left it in its key's requests)
+        request = self._requests.get(msg.request_id)
         if request is None or request.raylet != src:
             if msg.lease_id in self._leases or msg.lease_id in self._returning:
                 return []  # a duplicate grant of a lease we hold
             # A grant we no longer want (the request was satisfied or withdrawn): give it back.
             lease = _Lease(lease_id=msg.lease_id, worker=msg.worker, raylet=src, key=((), "", False))
             return self._return(lease, now)
+        del self._requests[msg.request_id]
         state = self._keys.setdefault(request.key, _KeyState())
         state.requests.pop(msg.request_id, None)
         lease = _Lease(lease_id=msg.lease_id, worker=msg.worker, raylet=src, key=request.key)
@@ -288,9 +291,10 @@ class Submitter:
         return self._send_request(request, now)
 
     def on_lease_rejected(self, src: Address, msg: LeaseRejected, now: Nanos) -> list[Msg]:
-        request = self._requests.pop(msg.request_id, None)
+        request = self._requests.get(msg.request_id)
         if request is None or request.raylet != src:
             return []
+        del self._requests[msg.request_id]
         effects: list[Msg] = [CancelTimer(key=f"{LEASE_TIMER_PREFIX}{msg.request_id}")]
         state = self._keys.get(request.key)
         if state is not None:

@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
-
 from shoal.kernel.gcs.protocol import Resources
 from shoal.kernel.ids import Count, NodeId, Seq
 from shoal.kernel.messages import Address, Msg

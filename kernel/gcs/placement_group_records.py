@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import msgspec
-
 from shoal.kernel.errors import InvalidTransition
 from shoal.kernel.gcs.placement_group_protocol import (
     PlacementGroupInfo,

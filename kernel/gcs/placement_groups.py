@@ -50,12 +50,11 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import msgspec
-
 from shoal.kernel.errors import InvariantViolation
 from shoal.kernel.gcs.placement_group_policy import Avail, place_bundles
 from shoal.kernel.gcs.placement_group_protocol import (
-    BundleSpec,
     BundlesCommitted,
+    BundleSpec,
     BundlesPrepared,
     BundlesReleased,
     CommitBundles,
@@ -265,9 +264,11 @@ class PlacementGroupManager:
                 continue
             for node, indexes in row.attempt_nodes.items():
                 have = avail.get(node)
-                for index in indexes if have is not None else ():
+                if have is None:
+                    continue  # the node left the view: nothing to debit
+                for index in indexes:
                     for name, amount in row.spec.bundles[index].items():
-                        have[name] = have.get(name, 0.0) - amount  # type: ignore[index]
+                        have[name] = have.get(name, 0.0) - amount
         return avail
 
     def _place(self, row: PgRow, avail: Avail, now: Nanos) -> list[Msg]:

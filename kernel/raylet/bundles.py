@@ -64,7 +64,6 @@ from shoal.kernel.raylet.resources import (
     to_units,
 )
 
-
 REMOVED_MAX = 4096  # removed groups remembered, to refuse their late requests
 
 

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-
 from shoal.kernel.gcs.placement_group_protocol import (
     STRATEGIES,
     CreatePlacementGroup,
@@ -97,7 +96,7 @@ class PlacementGroup:
             self._ready_ref = _ready_ref(self)
         return self._ready_ref
 
-    def wait(self, timeout_seconds: float | int = 30) -> bool:
+    def wait(self, timeout_seconds: float = 30) -> bool:
         """Waits up to ``timeout_seconds`` for the group to be ready; returns whether it is."""
         from shoal.runtime.api.api import wait
 

@@ -58,13 +58,13 @@ class _QueueActor:
     async def put(self, item: Any, timeout: float | None = None) -> None:
         try:
             await asyncio.wait_for(self.queue.put(item), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Full(f"the queue stayed full for {timeout} s") from None
 
     async def get(self, timeout: float | None = None) -> Any:
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Empty(f"the queue stayed empty for {timeout} s") from None
 
     async def put_nowait(self, item: Any) -> None:

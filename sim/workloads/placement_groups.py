@@ -69,8 +69,9 @@ class _Bookings:
 def booked_task(pg_id: str, index: int, cpus: float, capacity: float,
                 pause_s: float) -> str:
     """A task body: holds its bundle's CPU for ``pause_s``; returns its node."""
-    import shoal
     from shoal.sim import api
+
+    import shoal
 
     assert _BOOKINGS is not None
     node = shoal.get_runtime_context().get_node_id()
@@ -120,8 +121,11 @@ def placement_groups_program(rng: Random, nodes: int, until_s: float = 30.0) -> 
 
 
 def _one_round(shape: _Shape, draws: Random) -> int:
-    import shoal
-    from shoal.util import placement_group, placement_group_table, remove_placement_group
+    from shoal.runtime.api.placement_group import (
+        placement_group,
+        placement_group_table,
+        remove_placement_group,
+    )
 
     groups = []
     for _ in range(shape.groups):
@@ -146,9 +150,10 @@ def _one_round(shape: _Shape, draws: Random) -> int:
 def _check_member_died(member: Any) -> None:
     """The actor of a removed group dies. A call may still reach its worker before the
     kill does (as in Ray), so it is given a little time; then it must fail."""
+    from shoal.sim import api
+
     import shoal
     from shoal import exceptions
-    from shoal.sim import api
 
     for _ in range(50):
         try:
@@ -163,8 +168,8 @@ def _use(pg: Any, shape: _Shape, draws: Random) -> None:
     """Tasks in chosen bundles, an actor in one; removal must kill the actor."""
     import shoal
     from shoal import exceptions
-    from shoal.util import placement_group_table
-    from shoal.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from shoal.runtime.api.placement_group import placement_group_table
+    from shoal.runtime.api.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     task = shoal.remote(max_retries=1)(booked_task)
     refs = []

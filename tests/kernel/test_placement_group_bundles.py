@@ -4,8 +4,8 @@ committed bundle does to leases (its resources can be leased; releasing it ends 
 from __future__ import annotations
 
 from shoal.kernel.gcs.placement_group_protocol import (
-    BundleSpec,
     BundlesCommitted,
+    BundleSpec,
     BundlesPrepared,
     BundlesReleased,
     CommitBundles,
@@ -13,9 +13,10 @@ from shoal.kernel.gcs.placement_group_protocol import (
     ReleaseBundles,
     group_shape,
 )
-from shoal.kernel.messages import Address, Received, Rejected, Send
+from shoal.kernel.messages import Received, Rejected, Send
 from shoal.kernel.raylet import Raylet
 from shoal.kernel.raylet.protocol import KillWorker, LeasedWorkerDied
+
 from tests.kernel.test_raylet_leases import (
     GCS,
     OWNER,

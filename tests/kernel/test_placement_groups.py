@@ -10,8 +10,8 @@ import pytest
 from shoal.kernel.errors import InvalidTransition
 from shoal.kernel.gcs.placement_group_policy import place_bundles
 from shoal.kernel.gcs.placement_group_protocol import (
-    BundleSpec,
     BundlesCommitted,
+    BundleSpec,
     BundlesPrepared,
     BundlesReleased,
     CommitBundles,
@@ -177,8 +177,8 @@ def test_create_is_idempotent_and_names_are_unique(m: PlacementGroupManager) -> 
 
 def test_a_bad_spec_is_refused_with_a_reason(m: PlacementGroupManager) -> None:
     out = create(m, pg_spec(bundles=()))
-    assert out == [("reply", 7, (), "gcs: cannot create placement group 'g1': it has no "
-                                     "bundles; give at least one, e.g. [{'CPU': 1}]")]
+    assert out == [("reply", 7, (), ("gcs: cannot create placement group 'g1': it has no "
+                                     "bundles; give at least one, e.g. [{'CPU': 1}]"))]
     assert "is empty" in create(m, pg_spec(bundles=({"CPU": 0.0},)))[0][3]
 
 

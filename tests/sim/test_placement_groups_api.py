@@ -4,10 +4,10 @@ table, rescheduling after a node dies, and bad input."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
-import shoal
 from shoal.runtime.api.exceptions import RayActorError
 from shoal.runtime.api.placement_group import (
     get_placement_group,
@@ -18,6 +18,8 @@ from shoal.runtime.api.placement_group import (
 from shoal.runtime.api.scheduling_strategies import PlacementGroupSchedulingStrategy
 from shoal.sim import Simulation
 from shoal.sim import api as sim_api
+
+import shoal
 
 
 @shoal.remote(num_cpus=0.5)
@@ -81,7 +83,7 @@ def test_a_bundle_is_never_double_booked() -> None:
         return sorted(spans)
 
     spans = run(main, nodes=1)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import shoal
 from shoal.sim import Simulation
 from shoal.sim import api as sim_api
+
+import shoal
 from shoal.util import ActorPool
 from shoal.util.queue import Empty, Full, Queue
 
