@@ -166,10 +166,11 @@ def _check_member_died(member: Any) -> None:
 
 def _use(pg: Any, shape: _Shape, draws: Random) -> None:
     """Tasks in chosen bundles, an actor in one; removal must kill the actor."""
-    import shoal
-    from shoal import exceptions
     from shoal.runtime.api.placement_group import placement_group_table
     from shoal.runtime.api.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    import shoal
+    from shoal import exceptions
 
     task = shoal.remote(max_retries=1)(booked_task)
     refs = []

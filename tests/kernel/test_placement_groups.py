@@ -344,3 +344,22 @@ def test_group_shape_and_bundle_resources_name_the_same_resources() -> None:
     added = bundle_resources("g1", 0, {"CPU": 2.0})
     assert set(shape) <= set(added)
     assert group_shape({}, "g1", -1) == {"bundle_group_g1": 0.001}
+
+
+def test_a_node_that_rejoins_hears_of_removed_groups(m: PlacementGroupManager,
+                                                     facts: Facts) -> None:
+    created(m, pg_spec())
+    m.on_cluster_changed(0)  # the manager learns the live incarnations
+    m.on_request(DRIVER, RemovePlacementGroup(request_id=5, pg_id="g1"), 0)
+    m.on_released(R1, BundlesReleased(pg_id="g1", attempt=1))
+    m.on_released(R2, BundlesReleased(pg_id="g1", attempt=1))
+    assert m.releases == ()
+    facts.join("n1", 2.0, incarnation=2)  # n1 restarted: it may hold stale requests
+    out = plain(m.on_cluster_changed(0))
+    assert out == [
+        ("releasing", "g1@n1"),
+        Send(dst=R1, msg=ReleaseBundles(pg_id="g1", attempt=1,
+                                        reason="placement group 'g1' was removed")),
+        SetTimer(key="gcs.pg.release.g1@n1", at_ns=S // 2),
+    ]
+    assert m.on_cluster_changed(0) == []  # told once per incarnation

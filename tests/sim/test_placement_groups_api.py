@@ -180,3 +180,23 @@ def test_groups_and_tasks_under_chaos(seed: int) -> None:
 
     ran = run(main, seed=seed, faults="lossy")
     assert len(set(ran)) == 2, f"seed {seed}"
+
+
+def test_a_task_knows_its_current_placement_group() -> None:
+    from shoal.util import get_current_placement_group
+
+    @shoal.remote(num_cpus=0.5)
+    def current() -> str | None:
+        pg = get_current_placement_group()
+        return pg.id.hex() if pg is not None else None
+
+    def main() -> tuple[str | None, str | None, str]:
+        pg = placement_group([{"CPU": 0.5}])
+        assert pg.wait(30)
+        inside = shoal.get(current.options(scheduling_strategy=in_bundle(pg, 0)).remote())
+        outside = shoal.get(current.remote())
+        remove_placement_group(pg)
+        return inside, outside, pg.id.hex()
+
+    inside, outside, pg_id = run(main)
+    assert (inside, outside) == (pg_id, None)
