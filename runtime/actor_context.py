@@ -24,6 +24,13 @@ that the trio thread sets when the kernel answers) and ``_lock``.
 In the process that hosts an actor, ``current_actor_id`` and
 ``current_actor_restarts`` are set by the actor's host (``runtime/actor_worker.py``).
 
+Job end: when a driver that joined a running cluster shuts down, it kills the
+non-detached actors it created (``stop_owned_actors``), as Ray ends a job's
+actors with the job. (An embedded cluster stops with its driver anyway.) A
+driver that dies without ``shutdown`` leaves them running: the GCS does not
+learn of a driver's end yet (TODO(#5): the daemon tells the raylet when a
+driver's connection closes, and the GCS ends the job's actors).
+
 Namespaces: actors are named and looked up in the job's namespace, the
 driver's ``init(namespace=...)`` (else the job's anonymous one). The driver
 records it in the GCS's internal KV under its job id (``JOB_NAMESPACE_KV``)
@@ -34,6 +41,7 @@ namespace of a job, and keeps it.
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from shoal.kernel.core_worker.actor_protocol import (
@@ -50,7 +58,7 @@ from shoal.kernel.gcs.protocol import KvGet, KvPut, KvRequest
 from shoal.kernel.ids import ActorId, TaskId
 from shoal.kernel.messages import Msg
 from shoal.kernel.task_spec import TaskSpec
-from shoal.runtime.api.exceptions import PendingCallsLimitExceeded
+from shoal.runtime.api.exceptions import PendingCallsLimitExceeded, RaySystemError
 
 if TYPE_CHECKING:
     from shoal.runtime.driver import _Waiter
@@ -69,6 +77,7 @@ class ProdActorContext:
     _job_namespaces: dict[str, str | None] | None = None  # job id -> its namespace (workers)
     _own_namespace: str | None = None
     _namespace_set = False  # a driver's: set once at init, never read from the KV
+    _owned_actors: dict[ActorId, None] | None = None  # non-detached actors created here
 
     if TYPE_CHECKING:  # provided by ProdWorkerContext
         def _post(self, event: Msg | None) -> None: ...
@@ -109,6 +118,11 @@ class ProdActorContext:
         self._post(ActorCreationRequested(call_id=waiter.call_id, spec=spec, function=function,
                                           get_if_exists=get_if_exists))
         done: ActorRequestCompleted = self._block(waiter)
+        if done.created and not spec.detached:
+            with self._lock:
+                if self._owned_actors is None:
+                    self._owned_actors = {}
+                self._owned_actors[spec.actor_id] = None
         return done
 
     def submit_actor_task(self, actor_id: ActorId, spec: TaskSpec, max_task_retries: int,
@@ -147,6 +161,32 @@ class ProdActorContext:
         self._post(ActorKillRequested(call_id=waiter.call_id, actor_id=actor_id,
                                       no_restart=no_restart))
         self._block(waiter)
+        if no_restart and self._owned_actors is not None:
+            with self._lock:
+                self._owned_actors.pop(actor_id, None)
+
+    def stop_owned_actors(self, timeout_s: float) -> int:
+        """The job ends: kills every non-detached actor this process created (those
+        already dead are no-ops at the GCS); waits up to ``timeout_s`` for the answers.
+
+        Returns:
+            How many kills were asked for.
+        """
+        with self._lock:
+            owned, self._owned_actors = list(self._owned_actors or ()), None
+        waiters = []
+        try:
+            for actor_id in owned:
+                waiter = self._new_waiter()
+                self._post(ActorKillRequested(call_id=waiter.call_id, actor_id=actor_id,
+                                              no_restart=True))
+                waiters.append(waiter)
+        except RaySystemError:
+            return 0  # the cluster is gone already, and its actors with it
+        deadline = time.monotonic() + timeout_s
+        for waiter in waiters:
+            waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        return len(owned)
 
     def on_call_refused(self, effect: ActorCallRefused) -> None:
         """The kernel refused a call as it was submitted: remember why. Trio thread."""

@@ -76,6 +76,7 @@ __all__ = ["init", "is_initialized", "shutdown"]
 READY_TIMEOUT_S = 30.0
 VIEW_TIMEOUT_S = 5.0
 STOP_GRACE_S = 5.0
+STOP_ACTORS_S = 5.0  # shutdown of a driver that joined: wait for its actors' kills
 SESSION_PREFIX = "shoal-"
 SESSION_FILE = "session.json"
 DEFAULT_STORE_FRACTION = 0.3
@@ -388,6 +389,8 @@ def _start_host(address: str | None, *, num_cpus: Any = None, num_gpus: Any = No
         if stopped.is_set():
             return
         stopped.set()
+        if cluster is None:  # a joined cluster lives on: end this job's actors there
+            ctx.stop_owned_actors(STOP_ACTORS_S)
         ctx.flush_refs()
         runtime.stop()
         ctx.lost("shoal.shutdown() was called")  # wakes any thread still blocked in a call

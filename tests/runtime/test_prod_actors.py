@@ -339,3 +339,33 @@ def test_an_actor_on_another_node_is_called_over_grpc(cluster: None, tmp_path: A
         with pytest.raises(RayActorError):
             shoal.get(counter.inc.remote(), timeout=30)
         assert _gone(pid), f"the killed actor's worker process {pid} still runs"
+
+
+SECOND_DRIVER = """
+import os, sys
+import shoal
+
+@shoal.remote
+class Keeper:
+    def pid(self):
+        return os.getpid()
+
+shoal.init(address=sys.argv[1], namespace=sys.argv[2])
+kept = Keeper.options(name="kept", lifetime="detached").remote()
+temporary = Keeper.options(name="temporary").remote()
+print(shoal.get(kept.pid.remote()), shoal.get(temporary.pid.remote()))
+"""  # and exits: shutdown at exit ends its job
+
+
+def test_a_drivers_job_ends_its_actors_but_not_detached_ones(cluster: None) -> None:
+    done = subprocess.run([sys.executable, "-c", SECOND_DRIVER, _session_dir(), NAMESPACE],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    kept_pid, temporary_pid = (int(word) for word in done.stdout.split())
+    assert _gone(temporary_pid), "the ended job's actor still runs"
+    with pytest.raises(ValueError, match="no live actor"):
+        shoal.get_actor("temporary")
+    kept = shoal.get_actor("kept")
+    assert shoal.get(kept.pid.remote()) == kept_pid  # detached: outlives its creator's job
+    shoal.kill(kept)
+    assert _gone(kept_pid)
