@@ -64,6 +64,7 @@ import structlog
 import trio
 from shoal.kernel.messages import Address
 from shoal.kernel.wire import Envelope
+from shoal.runtime.kernel_host import RoundFlush
 from shoal.runtime.local_transport import (
     Connection,
     FramedStream,
@@ -142,13 +143,17 @@ class DirectLinks:
 
     def __init__(self, *, me: Address, token: str, session_dir: str, relay: Relay,
                  deliver: Deliver, log: Any = None, limits: LocalLimits | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 delivered: Callable[[], None] = lambda: None,
+                 round_flush: RoundFlush | None = None) -> None:
         self.me = me
         self._token = token.encode()
         self._token_text = token
         self.session_dir = session_dir
         self._relay = relay
         self._deliver = deliver
+        self._delivered = delivered  # after a batch of deliveries (the host runs its kernel)
+        self._round_flush = round_flush
         self._limits = limits or LocalLimits()
         self._clock = clock
         self._log = (log or structlog.get_logger("shoal.runtime.direct_link")).bind(
@@ -224,7 +229,8 @@ class DirectLinks:
             self._connect_failed(link, reply.reason if reply else "closed at hello")
             return
         link.hold_until = reply.relayed
-        await self._run(link, Connection(framed, link.peer, self._limits, self._log))
+        await self._run(link, Connection(framed, link.peer, self._limits, self._log,
+                                         self._round_flush))
 
     def _connect_failed(self, link: _Link, reason: str) -> None:
         """The queued envelopes go to the relay, in order; the peer is left alone a while."""
@@ -280,18 +286,21 @@ class DirectLinks:
             return
         for envelope in mine:
             self._deliver(envelope)
+        self._delivered()
 
     def _release(self, link: _Link) -> None:
         held, link.held = link.held, []
         link.hold_until = 0
         for envelope in held:
             self._deliver(envelope)
+        if held:
+            self._delivered()
 
     # --- the relay's side ---------------------------------------------------------
 
     def on_relayed(self, envelope: Envelope) -> None:
         """An envelope for this process came through the daemon: deliver it, then what a
-        link held back behind it."""
+        link held back behind it. The caller calls ``delivered`` after the batch."""
         src = envelope.src
         count = self._relay_received.get(src, 0) + 1
         self._relay_received[src] = count
@@ -393,7 +402,7 @@ class DirectLinks:
         self._send_links.setdefault(peer, link)
         self._links.append(link)
         await framed.send(_encoder.encode(DirectHelloReply(ok=True, relayed=relayed)))
-        link.conn = Connection(framed, peer, self._limits, self._log)
+        link.conn = Connection(framed, peer, self._limits, self._log, self._round_flush)
         return link
 
     async def _receive_hello(self, framed: FramedStream) -> tuple[str, DirectHello | None]:

@@ -215,12 +215,14 @@ class CoreWorkerRuntime:
             return
         assert reply.raylet is not None and reply.gcs is not None
         self._conn, self.reply = conn, reply
-        self.links = DirectLinks(me=self.address, token=self._token,
-                                 session_dir=reply.session_dir, relay=conn.send,
-                                 deliver=self._deliver, log=self._log)
-        self.periodic.append(self.links.release_overdue)
         self.kernel = CoreWorker(self.address, raylet=reply.raylet, gcs=reply.gcs)
         self.loop = KernelLoop(self._route, log=self._log)
+        conn.defer_writes_to(self.loop.round_flush)
+        self.links = DirectLinks(me=self.address, token=self._token,
+                                 session_dir=reply.session_dir, relay=conn.send,
+                                 deliver=self._deliver, delivered=self.loop.run_now,
+                                 round_flush=self.loop.round_flush, log=self._log)
+        self.periodic.append(self.links.release_overdue)
         self.loop.add_kernel(self.address, self.kernel, on_effect=self._host_effect)
         self.loop.after_round.append(self._check_view)
         async with trio.open_nursery() as nursery:
@@ -249,8 +251,8 @@ class CoreWorkerRuntime:
         self.links.send(Envelope(src=src, dst=dst, msg=msg))
 
     def _deliver(self, envelope: Envelope) -> None:
-        assert self.loop is not None
-        self.loop.post(self.address, Received(src=envelope.src, msg=envelope.msg))
+        assert self.loop is not None  # the links call loop.run_now after each batch
+        self.loop.post(self.address, Received(src=envelope.src, msg=envelope.msg), wake=False)
 
     def _host_effect(self, address: Address, effect: Msg) -> None:
         self._on_effect(effect)
@@ -268,6 +270,8 @@ class CoreWorkerRuntime:
         for envelope in envelopes:
             if envelope.dst == self.address:
                 self.links.on_relayed(envelope)
+        assert self.loop is not None
+        self.loop.run_now()
 
     async def _periodic(self) -> None:
         while True:

@@ -17,7 +17,18 @@ One trio task (``run``) does everything, in rounds:
    ``CancelTimer`` forgets it, ``StorePut``/``StoreDelete`` go to the kernel's
    durable store, and every other effect goes to the process's host handler
    (``StartWorker``, ``ExecuteTask``, ``GetCompleted``...);
-4. sleep until something is posted or the next timer is due.
+4. run the ``after_round`` hooks, then the writes deferred to the round's end
+   (``RoundFlush``: a transport that queued envelopes during the round writes
+   them all at once, inline when the socket takes them, instead of waking its
+   writer task once per envelope);
+5. sleep until something is posted or the next timer is due.
+
+A round also runs at once, without waiting for the loop's own task, when a
+transport's reader hands in a batch (``run_now``) or another thread posts
+(the trio callback of ``post_from_thread``): one pass through trio's scheduler
+per batch instead of three (reader, loop, writer). Rounds never nest; a round
+asked for during one is left to the loop's task, which also wakes when a round
+run elsewhere armed a timer earlier than the one it sleeps toward.
 
 Timers are keyed like the simulator's: ``(address, key)``; a heap holds
 ``(at_ns, seq, address, key)`` and a table the live ``seq`` of each key, so a
@@ -126,6 +137,27 @@ class TimerWheel:
         return due
 
 
+class RoundFlush:
+    """Work deferred to the end of the current round (transports' writes)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._pending: list[Callable[[], None]] = []
+
+    def defer(self, fn: Callable[[], None]) -> bool:
+        """Queues ``fn`` for the end of the round; False outside a round (do it now)."""
+        if not self.active:
+            return False
+        self._pending.append(fn)
+        return True
+
+    def run(self) -> None:
+        while self._pending:
+            pending, self._pending = self._pending, []
+            for fn in pending:
+                fn()
+
+
 @dataclass(slots=True, eq=False)
 class _External:
     """Inputs posted by other threads, waiting for the next round."""
@@ -150,6 +182,9 @@ class KernelLoop:
         self._wakeup = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self.after_round: list[Callable[[], None]] = []
+        self.round_flush = RoundFlush()
+        self._sleep_until_ns: int | None = None  # the loop task's deadline while it sleeps
+        self._sleeping = False
         self.steps = 0
         self._log = log or structlog.get_logger("shoal.runtime.kernel_host")
         self._trace = _debug_enabled(self._log)
@@ -183,10 +218,15 @@ class KernelLoop:
 
     # --- inputs ------------------------------------------------------------
 
-    def post(self, address: Address, event: Msg) -> None:
-        """Queues one input for a kernel of this process. Trio thread only."""
+    def post(self, address: Address, event: Msg, *, wake: bool = True) -> None:
+        """Queues one input for a kernel of this process. Trio thread only.
+
+        Args:
+            wake: wake the loop's task; False when the caller runs ``run_now`` next.
+        """
         self._inbox.append((address, event))
-        self._wakeup.set()
+        if wake:
+            self._wakeup.set()
 
     def post_from_thread(self, items: list[tuple[Address, Msg]]) -> bool:
         """Queues inputs from any other thread; one trio wakeup per round at most.
@@ -210,7 +250,36 @@ class KernelLoop:
         return True
 
     def _wake(self) -> None:
-        self._wakeup.set()
+        self.run_now(external=True)
+
+    def run_now(self, *, external: bool = False) -> None:
+        """Runs a round here and now (in a trio task or callback of this loop's thread),
+        unless one is running: then the loop's task does it (see the module docstring)."""
+        if self.round_flush.active or self._token is None:
+            self._wakeup.set()
+            return
+        if external:
+            self._take_external()
+        if self._inbox:
+            self._round()
+        if self._inbox:
+            self._wakeup.set()  # over the round's budget: the loop's task goes on
+        elif self._sleeping:
+            deadline_ns = self._timers.next_deadline_ns()
+            if deadline_ns is not None and (self._sleep_until_ns is None
+                                            or deadline_ns < self._sleep_until_ns):
+                self._wakeup.set()  # a timer earlier than the one it sleeps toward
+
+    def _round(self) -> None:
+        flush = self.round_flush
+        flush.active = True
+        try:
+            self._drain()
+            for hook in self.after_round:
+                hook()
+        finally:
+            flush.active = False
+        flush.run()
 
     # --- the loop --------------------------------------------------------
 
@@ -230,18 +299,20 @@ class KernelLoop:
             for owner, key in self._timers.pop_due(self._clock()):
                 self._inbox.append((owner, TimerFired(key=key)))
             if self._inbox:
-                self._drain()
-                for hook in self.after_round:
-                    hook()
+                self._round()
                 await trio.lowlevel.checkpoint()
                 continue
             deadline_ns = self._timers.next_deadline_ns()
-            if deadline_ns is None:
-                await self._wakeup.wait()
-            else:
-                delay_s = max(0.0, (deadline_ns - self._clock()) / 1e9)
-                with trio.move_on_after(delay_s):
+            self._sleep_until_ns, self._sleeping = deadline_ns, True
+            try:
+                if deadline_ns is None:
                     await self._wakeup.wait()
+                else:
+                    delay_s = max(0.0, (deadline_ns - self._clock()) / 1e9)
+                    with trio.move_on_after(delay_s):
+                        await self._wakeup.wait()
+            finally:
+                self._sleeping = False
             self._wakeup = trio.Event()
 
     def _take_external(self) -> None:

@@ -31,7 +31,10 @@ logged with the peer and the reason; nothing a peer sends raises in the daemon.
 
 Sending. ``Connection.send`` never blocks: it appends to an outbox, and the
 connection's writer task takes the whole outbox once per wakeup and writes it
-as one frame, so batches grow with load. An outbox holds at most
+as one frame, so batches grow with load. A connection given the kernel loop's
+``RoundFlush`` (``runtime/kernel_host.py``) does better during a round: the
+outbox is written once at the round's end, inline (a non-blocking write) when
+the socket takes it whole; only the rest, if any, waits for the writer task. An outbox holds at most
 ``pending_max`` envelopes (the oldest are dropped beyond; the kernels
 retransmit what matters).
 
@@ -56,6 +59,7 @@ import structlog
 import trio
 from shoal.kernel.messages import Address
 from shoal.kernel.wire import Envelope
+from shoal.runtime.kernel_host import RoundFlush
 from shoal.transports.grpc_codec import decode_frame, encode_frames
 
 PROTOCOL_VERSION = 1
@@ -150,7 +154,7 @@ class Connection:
     """One authenticated peer: an outbox drained by a writer task, a reader task."""
 
     def __init__(self, framed: FramedStream, peer: Address, limits: LocalLimits,
-                 log: Any) -> None:
+                 log: Any, round_flush: RoundFlush | None = None) -> None:
         self.framed = framed
         self.peer = peer
         self.pid = 0
@@ -160,8 +164,12 @@ class Connection:
         self._outbox: list[Envelope] = []
         self._wakeup = trio.Event()
         self._writing = False
+        self._round_flush = round_flush
+        self._flush_queued = False
+        self._unsent = b""  # what an inline write left over, for the writer task
         self.closed = False
         self.dropped = 0
+        self.inline_writes = 0
 
     def send(self, envelope: Envelope) -> bool:
         """Queues one envelope; never blocks. False if the connection is closed."""
@@ -171,13 +179,43 @@ class Connection:
         if len(self._outbox) > self._limits.pending_max:
             del self._outbox[0]
             self.dropped += 1
-        self._wakeup.set()
+        if not self._flush_queued:
+            flush = self._round_flush
+            if flush is not None and flush.defer(self.flush_now):
+                self._flush_queued = True
+            else:
+                self._wakeup.set()
         return True
+
+    def defer_writes_to(self, round_flush: RoundFlush) -> None:
+        """From now on, envelopes sent during a kernel loop round are written at its end."""
+        self._round_flush = round_flush
+
+    def flush_now(self) -> None:
+        """Writes the outbox now if the socket takes it whole, else leaves it (or the
+        rest) to the writer task. Trio thread, between awaits."""
+        self._flush_queued = False
+        if self.closed or not self._outbox:
+            return
+        if self._writing or self._unsent:
+            self._wakeup.set()
+            return
+        batch, self._outbox = self._outbox, []
+        data = b"".join(_HEADER.pack(len(frame)) + frame for frame in self._frames(batch))
+        try:
+            sent = os.write(self.framed.stream.socket.fileno(), data)
+        except OSError:  # full (BlockingIOError), or broken: the writer finds out which
+            sent = 0
+        if sent < len(data):
+            self._unsent = data[sent:]
+            self._wakeup.set()
+        else:
+            self.inline_writes += 1
 
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing being written."""
-        return not self._outbox and not self._writing
+        return not self._outbox and not self._writing and not self._unsent
 
     async def run_writer(self) -> None:
         """Writes the outbox, one frame per wakeup, until closed or the peer goes away."""
@@ -185,8 +223,11 @@ class Connection:
             while not self.closed:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                batch, self._outbox = self._outbox, []
                 self._writing = True
+                if self._unsent:
+                    unsent, self._unsent = self._unsent, b""
+                    await self.framed.stream.send_all(unsent)
+                batch, self._outbox = self._outbox, []
                 for frame in self._frames(batch):
                     await self.framed.send(frame)
                 self._writing = False
