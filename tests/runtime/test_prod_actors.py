@@ -96,6 +96,10 @@ class Counter:
     def pid(self) -> int:
         return os.getpid()
 
+    def inc_slowly(self) -> int:
+        time.sleep(0.005)  # so that the calls are still running when the test kills us
+        return self.inc()
+
     def echo(self, value: Any) -> Any:
         return value
 
@@ -235,6 +239,21 @@ def test_an_actor_restarts_after_its_worker_process_is_killed(cluster: None) -> 
     os.kill(second_pid, signal.SIGKILL)  # no restarts left: the actor dies
     with pytest.raises(RayActorError):
         shoal.get(counter.inc.remote())
+
+
+def test_calls_in_flight_when_the_worker_dies_rerun_in_order_after_restart(
+        cluster: None) -> None:
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    pid = shoal.get(counter.pid.remote())
+    refs = [counter.inc_slowly.remote() for _ in range(60)]
+    shoal.get(refs[0])
+    os.kill(pid, signal.SIGKILL)
+    values = shoal.get(refs, timeout=60)
+    answered = next((i for i, v in enumerate(values) if v != i + 1), len(values))
+    assert answered >= 1
+    # the calls the first instance answered count from 1; the others ran again, in order,
+    # on a fresh instance: they count from 1 again
+    assert values[answered:] == list(range(1, len(values) - answered + 1)), values
 
 
 def test_a_constructor_that_raises_fails_every_call(cluster: None) -> None:
