@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from shoal.runtime.driver import _Waiter
 
 JOB_NAMESPACE_KV = "shoal.job_namespace"  # KV namespace: job id -> the job's actor namespace
+JOB_NAMESPACES_MAX = 1024  # jobs whose namespace a worker remembers
 
 
 class ProdActorContext:
@@ -98,6 +99,8 @@ class ProdActorContext:
         if cache is None:
             cache = self._job_namespaces = {}
         if job_id not in cache:
+            if len(cache) >= JOB_NAMESPACES_MAX:
+                cache.clear()  # jobs long gone, most likely: asking again is cheap
             raw = self.kv_call(KvGet(request_id=0, namespace=JOB_NAMESPACE_KV,
                                      key=job_id.encode()))
             cache[job_id] = bytes(raw).decode() if raw else None
