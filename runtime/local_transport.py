@@ -300,8 +300,10 @@ class LocalServer:
                  on_connect: Callable[[Connection], None],
                  on_disconnect: Callable[[Connection], None],
                  limits: LocalLimits | None = None,
-                 on_status: Callable[[], bytes] | None = None) -> None:
+                 on_status: Callable[[], bytes] | None = None,
+                 round_flush: RoundFlush | None = None) -> None:
         self.path = path
+        self.round_flush = round_flush  # the daemon's kernel loop's (see Connection)
         self._token = token.encode()
         self._welcome = welcome
         self._on_batch = on_batch
@@ -395,7 +397,7 @@ class LocalServer:
             await self._refuse(framed, problem)
             return None
         await framed.send(_encoder.encode(self._welcome))
-        conn = Connection(framed, hello.address, self._limits, self._log)
+        conn = Connection(framed, hello.address, self._limits, self._log, self.round_flush)
         conn.pid, conn.purpose = hello.pid, hello.purpose
         return conn
 

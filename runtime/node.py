@@ -166,7 +166,8 @@ class NodeDaemon:
         self.server = LocalServer(path=opts.socket_path, token=token, welcome=welcome,
                                   on_batch=self._on_local_batch, on_connect=self._on_connect,
                                   on_disconnect=self._on_disconnect,
-                                  on_status=lambda: node_status.encode(self))
+                                  on_status=lambda: node_status.encode(self),
+                                  round_flush=self.loop.round_flush)
 
     def _on_object_evicted(self, object_id: str) -> None:
         # Any thread (the store server's or this one), under the store's lock: only queue.
@@ -200,11 +201,16 @@ class NodeDaemon:
 
     # --- routing ---------------------------------------------------------------
 
-    def route(self, src: Address, dst: Address, msg: Msg) -> None:
-        """Delivers one message toward ``dst`` (see the module docstring)."""
+    def route(self, src: Address, dst: Address, msg: Msg, *, wake: bool = True) -> None:
+        """Delivers one message toward ``dst`` (see the module docstring).
+
+        Args:
+            wake: wake the kernel loop's task for a local kernel's input; a transport's
+                batch handler passes False and runs the loop itself after the batch.
+        """
         if dst.node == self.node_id:
             if self.loop.hosts(dst):
-                self.loop.post(dst, Received(src=src, msg=msg))
+                self.loop.post(dst, Received(src=src, msg=msg), wake=wake)
             elif not self.server.send(Envelope(src=src, dst=dst, msg=msg)):
                 self._drop("route.no_local_peer", dst, msg)
             return
@@ -235,7 +241,8 @@ class NodeDaemon:
 
     def _on_local_batch(self, conn: Connection, envelopes: list[Envelope]) -> None:
         for envelope in envelopes:  # the server checked that src is the peer
-            self.route(envelope.src, envelope.dst, envelope.msg)
+            self.route(envelope.src, envelope.dst, envelope.msg, wake=False)
+        self.loop.run_now()
 
     async def run_grpc(self, token: str, reservation: socket.socket, *,
                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -266,7 +273,8 @@ class NodeDaemon:
             if envelope.dst.node != self.node_id:
                 self._drop("route.not_ours", envelope.dst, envelope.msg)
                 continue
-            self.route(envelope.src, envelope.dst, envelope.msg)
+            self.route(envelope.src, envelope.dst, envelope.msg, wake=False)
+        self.loop.run_now()
 
     def _on_connect(self, conn: Connection) -> None:
         self._log.info("process.connected", peer=str(conn.peer), pid=conn.pid)
