@@ -241,6 +241,19 @@ def test_an_actor_restarts_after_its_worker_process_is_killed(cluster: None) -> 
         shoal.get(counter.inc.remote())
 
 
+def test_kill_with_no_restart_false_restarts_the_actor_in_a_new_process(cluster: None) -> None:
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    assert shoal.get([counter.inc.remote() for _ in range(3)]) == [1, 2, 3]
+    first_pid = shoal.get(counter.pid.remote())
+    shoal.kill(counter, no_restart=False)
+    assert shoal.get(counter.inc.remote(), timeout=30) == 1
+    assert shoal.get(counter.pid.remote()) != first_pid
+    assert _gone(first_pid)
+    shoal.kill(counter, no_restart=False)  # no restarts left: dead
+    with pytest.raises(RayActorError, match="killed"):
+        shoal.get(counter.inc.remote(), timeout=30)
+
+
 def test_calls_in_flight_when_the_worker_dies_rerun_in_order_after_restart(
         cluster: None) -> None:
     counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
