@@ -56,7 +56,7 @@ from shoal.kernel.core_worker.protocol import GetRequested
 from shoal.kernel.gcs.actor_protocol import ActorSpec
 from shoal.kernel.gcs.protocol import KvGet, KvPut, KvRequest
 from shoal.kernel.ids import ActorId, TaskId
-from shoal.kernel.messages import Msg
+from shoal.kernel.messages import Address, Msg
 from shoal.kernel.task_spec import TaskSpec
 from shoal.runtime.api.exceptions import PendingCallsLimitExceeded, RaySystemError
 
@@ -73,12 +73,13 @@ class ProdActorContext:
     current_actor_id: ActorId | None = None
     current_actor_restarts: int = 0
     job_id: str
+    address: Address
     _lock: threading.Lock
     _refused: dict[TaskId, str]
     _job_namespaces: dict[str, str | None] | None = None  # job id -> its namespace (workers)
     _own_namespace: str | None = None
     _namespace_set = False  # a driver's: set once at init, never read from the KV
-    _owned_actors: dict[ActorId, None] | None = None  # non-detached actors created here
+    _owned_actors: dict[ActorId, None] | None = None  # a driver's non-detached actors
 
     if TYPE_CHECKING:  # provided by ProdWorkerContext
         def _post(self, event: Msg | None) -> None: ...
@@ -121,7 +122,7 @@ class ProdActorContext:
         self._post(ActorCreationRequested(call_id=waiter.call_id, spec=spec, function=function,
                                           get_if_exists=get_if_exists))
         done: ActorRequestCompleted = self._block(waiter)
-        if done.created and not spec.detached:
+        if done.created and not spec.detached and self.address.component == "driver":
             with self._lock:
                 if self._owned_actors is None:
                     self._owned_actors = {}
