@@ -201,7 +201,9 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
 
 
 def _namespace(ctx: Any) -> str:
-    return str(getattr(ctx, "namespace", "") or "")
+    """The job's namespace, as named actors use it (anonymous jobs get their own)."""
+    namespace = getattr(ctx, "namespace", None)
+    return str(namespace) if namespace else f"anonymous:{ctx.job_id}"
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
@@ -280,7 +282,8 @@ def _strategy_of(options: Mapping[str, Any]) -> tuple[PlacementGroup, int] | Non
     if not isinstance(pg, PlacementGroup):
         raise TypeError(f"placement_group must be a PlacementGroup (from "
                         f"shoal.util.placement_group), got {type(pg).__name__}")
-    if not -1 <= index < max(pg.bundle_count, 1) or (pg.bundle_count == 0 and index != -1):
+    # A handle from get_current_placement_group() does not know its bundles (count 0).
+    if index < -1 or (pg.bundle_count and index >= pg.bundle_count):
         raise ValueError(f"placement_group_bundle_index {index} is out of range: the group "
                          f"has {pg.bundle_count} bundles (use -1 for any)")
     return pg, index
