@@ -102,6 +102,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         resources: custom resources of the local node, e.g. ``{"disk": 2}``.
         object_store_memory: bytes of the node's object store (default: 30% of RAM).
         ignore_reinit_error: return quietly if already initialized.
+        log_to_driver: print here what this job's tasks and actors print in their
+            worker processes, prefixed ``(name pid=N)`` (it is in the workers' logs
+            in the session directory either way).
 
     Returns:
         A description of the connection: ``node_id``, ``address``, ``job_id``.
@@ -120,7 +123,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     _register()
     given = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
              "object_store_memory": object_store_memory, "namespace": namespace,
-             "runtime_env": runtime_env, **kwargs}
+             "runtime_env": runtime_env, "log_to_driver": log_to_driver, **kwargs}
     return api.init(address, ignore_reinit_error=ignore_reinit_error,
                     **{name: value for name, value in given.items() if value is not None})
 
@@ -352,7 +355,7 @@ def _connect_driver(socket_path: str, token: str, node_id: str,
 def _start_host(address: str | None, *, num_cpus: Any = None, num_gpus: Any = None,
                 resources: dict[str, float] | None = None, object_store_memory: Any = None,
                 namespace: str | None = None, runtime_env: Any = None,
-                _temp_dir: str | None = None,
+                log_to_driver: bool = True, _temp_dir: str | None = None,
                 **private: Any) -> tuple[WorkerContext, Callable[[], None]]:
     """The API layer's host starter: ``(context, stop)`` for ``init``."""
     options = _NodeResources.from_args(address, num_cpus, num_gpus, resources,
@@ -379,6 +382,7 @@ def _start_host(address: str | None, *, num_cpus: Any = None, num_gpus: Any = No
         with open(os.path.join(session_dir, "token"), encoding="ascii") as f:
             token = f.read().strip()
         runtime, ctx = _connect_driver(info["socket"], token, info["node_id"], namespace)
+        output = _forward_output_here(runtime, ctx) if log_to_driver else None
     except BaseException:
         if cluster is not None:
             cluster.stop()
@@ -394,10 +398,23 @@ def _start_host(address: str | None, *, num_cpus: Any = None, num_gpus: Any = No
         ctx.flush_refs()
         runtime.stop()
         ctx.lost("shoal.shutdown() was called")  # wakes any thread still blocked in a call
+        if output is not None:
+            output.close()
         if cluster is not None:
             cluster.stop()
 
     return ctx, stop
+
+
+def _forward_output_here(runtime: Any, ctx: Any) -> Any:
+    """Prints what this job's workers print (``log_to_driver``); returns the printer."""
+    from shoal.kernel.host_protocol import WorkerOutput
+    from shoal.runtime.output_forwarding import DriverOutput, register_driver
+
+    output = DriverOutput()
+    runtime.host_messages[WorkerOutput] = output.on_message
+    register_driver(ctx.kv_call, ctx.job_id, ctx.address)
+    return output
 
 
 _at_exit_registered = False

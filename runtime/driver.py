@@ -129,6 +129,8 @@ class CoreWorkerRuntime:
         self.kernel: CoreWorker | None = None
         self.loop: KernelLoop | None = None
         self.periodic: list[Callable[[], None]] = []
+        # Host messages (kernel/host_protocol.py) by type: taken before the kernel sees them.
+        self.host_messages: dict[type[Msg], Callable[[Any], None]] = {}
 
     def start(self, timeout_s: float = 10.0) -> HelloReply:
         """Starts the thread and connects; returns the daemon's welcome.
@@ -250,7 +252,21 @@ class CoreWorkerRuntime:
         assert self.links is not None  # a direct link to dst, else the daemon routes
         self.links.send(Envelope(src=src, dst=dst, msg=msg))
 
+    def send_host(self, dst: Address, msg: Msg) -> None:
+        """Sends a host message (no kernel involved); from any thread but the loop's."""
+        token = self._trio_token
+        if token is None or self._stopping:
+            return
+        try:
+            token.run_sync_soon(self._route, self.address, dst, msg)
+        except (trio.RunFinishedError, RuntimeError):
+            pass  # the loop is gone: so is whoever would have read it
+
     def _deliver(self, envelope: Envelope) -> None:
+        handler = self.host_messages.get(type(envelope.msg))
+        if handler is not None:
+            handler(envelope.msg)
+            return
         assert self.loop is not None  # the links call loop.run_now after each batch
         self.loop.post(self.address, Received(src=envelope.src, msg=envelope.msg), wake=False)
 

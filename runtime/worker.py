@@ -72,6 +72,7 @@ from shoal.runtime.api.exceptions import (
 from shoal.runtime.api.executor import execute
 from shoal.runtime.driver import CoreWorkerRuntime, ProdWorkerContext
 from shoal.runtime.kernel_host import configure_logging
+from shoal.runtime.output_forwarding import WorkerOutputForwarder, install_in_worker
 from shoal.runtime.processes import set_parent_death_signal
 
 DRIVER_SYS_PATH_ENV = "SHOAL_DRIVER_SYS_PATH"
@@ -93,6 +94,11 @@ class WorkerHost:
         """Connects, then runs jobs on the calling (main) thread until told to stop."""
         self.runtime.start()
         set_global_context(self.ctx)
+        ctx = self.ctx
+        install_in_worker(WorkerOutputForwarder(
+            self.address, current_task=lambda: ctx.current_task,
+            in_actor=lambda: ctx.current_actor_id is not None, kv_call=ctx.kv_call,
+            send=self.runtime.send_host))
         try:
             while (job := self._jobs.get()) is not None:
                 job()
