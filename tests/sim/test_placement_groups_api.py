@@ -200,3 +200,25 @@ def test_a_task_knows_its_current_placement_group() -> None:
 
     inside, outside, pg_id = run(main)
     assert (inside, outside) == (pg_id, None)
+
+
+def test_a_task_running_in_a_removed_group_fails_with_a_clear_error() -> None:
+    @shoal.remote(num_cpus=0.5)
+    def long_task() -> str:
+        sim_api.sleep(30.0)
+        return "finished"
+
+    def main() -> str:
+        pg = placement_group([{"CPU": 0.5}])
+        assert pg.wait(30)
+        ref = long_task.options(scheduling_strategy=in_bundle(pg, 0)).remote()
+        sim_api.sleep(1.0)  # it runs now
+        remove_placement_group(pg)
+        with pytest.raises(shoal.exceptions.RayError) as info:
+            shoal.get(ref)
+        late = where.options(scheduling_strategy=in_bundle(pg, 0)).remote()
+        with pytest.raises(shoal.exceptions.RayError, match="was removed"):
+            shoal.get(late)
+        return str(info.value)
+
+    assert "placement group" in run(main)
