@@ -45,6 +45,7 @@ from shoal.kernel.gcs.placement_group_protocol import (  # placement groups
     PlacementGroupReply,
     PlacementGroupRequest,
 )
+from shoal.kernel.gcs.resource_protocol import GetResourceView, ResourceViewReply
 from shoal.kernel.ids import NANOS_PER_MILLI, Nanos, Seq
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, SetTimer, Started, TimerFired
 from shoal.kernel.raylet.membership import NodeView
@@ -57,11 +58,12 @@ KvResult = Union[bool, bytes, None, int, tuple[bytes, ...]]
 
 
 class KvCallRequested(Msg):
-    """Host input: user code asked for a KV operation (or a placement group request,
-    whose reply completes the call with its msgpack encoding as ``value``)."""
+    """Host input: user code asked for a KV operation (or a placement group request or
+    a resource view, whose reply completes the call with its msgpack encoding as
+    ``value``)."""
 
     call_id: Seq
-    request: KvRequest | PlacementGroupRequest
+    request: KvRequest | PlacementGroupRequest | GetResourceView
 
 
 class CallCompleted(Msg):
@@ -147,7 +149,7 @@ class GcsClient:
         ]
 
     def _on_reply(self, msg: Msg) -> list[Msg]:
-        if isinstance(msg, PlacementGroupReply):
+        if isinstance(msg, PlacementGroupReply | ResourceViewReply):
             pg_call = self._calls.pop(msg.request_id, None)
             if pg_call is None:
                 return []  # a duplicate reply

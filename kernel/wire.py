@@ -28,6 +28,7 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     gcs.KvPut, gcs.KvPutReply, gcs.KvGet, gcs.KvGetReply, gcs.KvDelete, gcs.KvDeleteReply,
     gcs.KvList, gcs.KvListReply, gcs.KvExists, gcs.KvExistsReply,
     resources.ResourceReport, resources.ResourceViewUpdate,
+    resources.GetResourceView, resources.ResourceViewReply,
     raylet.RequestWorkerLease, raylet.LeaseGranted, raylet.LeaseSpillback, raylet.LeaseRejected,
     raylet.CancelLeaseRequest, raylet.ReturnWorker, raylet.ReturnWorkerAck,
     raylet.LeasedWorkerDied, raylet.RegisterWorker, raylet.WorkerBlocked, raylet.WorkerUnblocked,

@@ -669,4 +669,6 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         return total
 
     def available_resources(self) -> dict[str, float]:
-        return self.cluster_resources()  # TODO(#3): from the GCS's resource view
+        from shoal.runtime.api.resource_view import available_resources_via
+
+        return available_resources_via(self.kv_call)

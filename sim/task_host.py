@@ -515,7 +515,9 @@ class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin):
         return total
 
     def available_resources(self) -> dict[str, float]:
-        return self.cluster_resources()  # TODO(#3): from the raylets' resource view
+        from shoal.runtime.api.resource_view import available_resources_via
+
+        return available_resources_via(self.kv_call)
 
 
 class _BatonFuture(Future):  # type: ignore[type-arg]

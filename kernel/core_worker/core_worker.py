@@ -132,6 +132,8 @@ CoreWorkerInput = (
 CHILDREN_PRUNE_AT = 1024  # a parent's child record is pruned of finished ones past this
 
 
+_GCS_CALL_REPLIES = ("PlacementGroupReply", "ResourceViewReply")
+
 class CoreWorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     submitter: SubmitterConfig = msgspec.field(default_factory=SubmitterConfig)
     gcs_client: GcsClientConfig = msgspec.field(default_factory=GcsClientConfig)
@@ -345,8 +347,9 @@ class CoreWorker:
             # --- end actors ---
             case Rejected():
                 return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
-        if type(msg).__name__.startswith("Kv") or type(msg).__name__ == "PlacementGroupReply":
-            # placement groups: their replies complete calls of the GCS client, as KV ones do
+        if type(msg).__name__.startswith("Kv") or type(msg).__name__ in _GCS_CALL_REPLIES:
+            # placement groups and the resource view: their replies complete calls of the
+            # GCS client, as KV ones do
             return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
         reason = (f"core worker {self.address}: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")

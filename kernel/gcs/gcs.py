@@ -55,7 +55,12 @@ from shoal.kernel.gcs.protocol import (
     SubscribeNodes,
     UnregisterNode,
 )
-from shoal.kernel.gcs.resource_protocol import NodeResources, ResourceReport
+from shoal.kernel.gcs.resource_protocol import (
+    GetResourceView,
+    NodeResources,
+    ResourceReport,
+    ResourceViewReply,
+)
 from shoal.kernel.gcs.resources import ClusterResources, ResourceViewConfig
 from shoal.kernel.gcs.placement_group_protocol import (  # placement groups
     BundlesCommitted,
@@ -205,6 +210,9 @@ class Gcs:
                 return self.kv.on_request(src, msg)
             case ResourceReport():
                 return self.resources.on_report(src, msg)
+            case GetResourceView():
+                return [Send(dst=src, msg=ResourceViewReply(
+                    request_id=msg.request_id, rows=self.resources.rows))]
             # --- actors (issue #4) ---
             case RegisterActor() | PollActors() | GetNamedActor() | KillActor() | ActorCreating() \
                     | ActorCreated():

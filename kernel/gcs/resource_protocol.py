@@ -75,3 +75,19 @@ class ResourceViewUpdate(Msg):
     removed: tuple[NodeId, ...] = ()
     departed: tuple[Address, ...] = ()
     ack_seq: Seq = 0
+
+
+class GetResourceView(Msg):
+    """Driver/worker -> GCS: the resource view as the GCS has it now (``available_resources``).
+
+    The view lags the raylets by up to one report (a heartbeat tick), as Ray's does.
+    """
+
+    request_id: Seq
+
+
+class ResourceViewReply(Msg):
+    """GCS -> asker: one row per node in the view (live nodes only)."""
+
+    request_id: Seq
+    rows: tuple[NodeResources, ...]
