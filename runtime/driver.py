@@ -131,6 +131,7 @@ class CoreWorkerRuntime:
         self.periodic: list[Callable[[], None]] = []
         # Host messages (kernel/host_protocol.py) by type: taken before the kernel sees them.
         self.host_messages: dict[type[Msg], Callable[[Any], None]] = {}
+        self.round_hooks: list[Callable[[], None]] = []  # after each round (trio thread)
 
     def start(self, timeout_s: float = 10.0) -> HelloReply:
         """Starts the thread and connects; returns the daemon's welcome.
@@ -227,6 +228,7 @@ class CoreWorkerRuntime:
         self.periodic.append(self.links.release_overdue)
         self.loop.add_kernel(self.address, self.kernel, on_effect=self._host_effect)
         self.loop.after_round.append(self._check_view)
+        self.loop.after_round.extend(self.round_hooks)
         async with trio.open_nursery() as nursery:
             self._cancel, self._nursery = nursery.cancel_scope, nursery
             self._trio_token = trio.lowlevel.current_trio_token()
@@ -310,6 +312,24 @@ class _Waiter:
         self.event.set()
 
 
+def _scan_ready(kernel: CoreWorker, refs: list[ObjectRefInfo], need: int) -> list[ObjectId] | None:
+    """The first ``need`` refs (in order) done with an inline value in ``kernel``, fewer if
+    fewer are; None if a stored value or an error comes first (the kernel must judge
+    those). Read from a user thread: see ``ProdWorkerContext._readable_kernel``."""
+    result_of = kernel.objects.result
+    ready: list[ObjectId] = []
+    for info in refs:
+        result = result_of(info.object_id)
+        if result is None:
+            continue  # pending: not ready for the kernel either
+        if result.stored or result.error is not None:
+            return None
+        ready.append(info.object_id)
+        if len(ready) == need:
+            break
+    return ready
+
+
 def _timeout_ns(timeout_s: float | None) -> int | None:
     return None if timeout_s is None else max(0, int(timeout_s * 1e9))
 
@@ -342,6 +362,11 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         self._objects: ProcessObjects | None = None
         self.fast_gets = 0  # calls answered without the trio thread (introspection)
         self.fast_waits = 0
+        self.polled_waits = 0
+        self._progress = threading.Condition(threading.Lock())  # notified after each round
+        self._progress_waiters = 0
+        self._rounds = 0
+        runtime.round_hooks.append(self._after_round)
         runtime.periodic.append(self.flush_refs)
         runtime.periodic.append(self._flush_objects)
 
@@ -483,6 +508,8 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
     def wait_objects(self, refs: list[ObjectRefInfo], num_returns: int,
                      timeout_s: float | None, fetch_local: bool) -> list[ObjectId]:
         ready = self._first_ready(refs, num_returns)
+        if ready is None and timeout_s is None and self._may_wait_here(refs):
+            ready = self._wait_here(refs, num_returns)
         if ready is not None:
             return ready
         waiter = self._new_waiter()
@@ -523,24 +550,57 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
     def _first_ready(self, refs: list[ObjectRefInfo], num_returns: int) -> list[ObjectId] | None:
         """``wait``'s answer (the first ``num_returns`` done refs, in the order given) when
         that many are done with inline values here before any ref the kernel must judge
-        (stored values, errors); else None. Stops at the ``num_returns``-th."""
+        (stored values, errors); else None."""
         kernel = self._readable_kernel()
         need = min(num_returns, len(refs))
         if kernel is None or need <= 0:
             return None
-        result_of = kernel.objects.result
-        ready: list[ObjectId] = []
-        for info in refs:
-            result = result_of(info.object_id)
-            if result is None:
-                continue  # pending: not ready for the kernel either
-            if result.stored or result.error is not None:
-                return None
-            ready.append(info.object_id)
-            if len(ready) == need:
-                self.fast_waits += 1
-                return ready
-        return None
+        ready = _scan_ready(kernel, refs, need)
+        if ready is None or len(ready) < need:
+            return None
+        self.fast_waits += 1
+        return ready
+
+    def _may_wait_here(self, refs: list[ObjectRefInfo]) -> bool:
+        """Whether ``wait`` may poll in the calling thread: not a task thread (whose
+        waits can be interrupted), and every ref owned here (nothing to fetch)."""
+        me = self.address
+        return threading.get_ident() not in self._running and all(
+            info.owner == me for info in refs)
+
+    def _wait_here(self, refs: list[ObjectRefInfo], num_returns: int) -> list[ObjectId] | None:
+        """Waits in the calling thread until ``num_returns`` refs are done inline here,
+        rescanning after each round of the kernel loop (which is what can complete one),
+        instead of registering a call on every ref in the kernel and unpinning them all
+        when it ends. None when the kernel must judge (a stored value, an error) or the
+        cluster is lost: the caller then takes the kernel's path."""
+        need = min(num_returns, len(refs))
+        progress = self._progress
+        with progress:
+            self._progress_waiters += 1
+        try:
+            while (kernel := self._readable_kernel()) is not None and need > 0:
+                seen = self._rounds
+                ready = _scan_ready(kernel, refs, need)
+                if ready is None:
+                    return None
+                if len(ready) >= need:
+                    self.polled_waits += 1
+                    return ready
+                with progress:
+                    while self._rounds == seen and not self._lost:
+                        progress.wait()
+            return None
+        finally:
+            with progress:
+                self._progress_waiters -= 1
+
+    def _after_round(self) -> None:
+        """The kernel loop ran a round: wake the threads polling in ``_wait_here``."""
+        self._rounds += 1
+        if self._progress_waiters:
+            with self._progress:
+                self._progress.notify_all()
 
     def kv_call(self, request: KvRequest) -> Any:
         """One internal-KV request through this process's GCS client; blocks."""
@@ -635,6 +695,8 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
             self._lost = reason
             waiters, self._waiters = list(self._waiters.values()), {}
             objects = self._objects
+        with self._progress:
+            self._progress.notify_all()  # pollers see _lost and take the kernel's path
         for waiter in waiters:
             waiter.resolve(error=RaySystemError(f"lost the cluster: {reason}"))
         if objects is not None:
