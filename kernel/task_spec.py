@@ -67,6 +67,9 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     attempt: Count = 0
     depth: Count = 0
     affinity: NodeAffinity | None = None
+    # A generator task whose values stream to the owner as yielded (issue 5): its one
+    # return is the stream's head; its items are objects of their own (streams.py).
+    streaming: bool = False
 
     @property
     def return_ids(self) -> tuple[ObjectId, ...]:

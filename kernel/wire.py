@@ -12,6 +12,7 @@ from typing import Union
 import msgspec
 from shoal.kernel.core_worker import protocol as core
 from shoal.kernel.core_worker.actor_protocol import ACTOR_CALL_WIRE_TYPES
+from shoal.kernel.core_worker.stream_protocol import STREAM_WIRE_TYPES
 from shoal.kernel.gcs import protocol as gcs
 from shoal.kernel.gcs import resource_protocol as resources
 from shoal.kernel.gcs.actor_protocol import ACTOR_WIRE_TYPES
@@ -42,6 +43,7 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     core.RegisterBorrow, core.BorrowRegistered, core.AddBorrower, core.BorrowerAdded,
     *ACTOR_WIRE_TYPES, *ACTOR_CALL_WIRE_TYPES,  # actors (issue #4)
     *PLACEMENT_GROUP_WIRE_TYPES,
+    *STREAM_WIRE_TYPES,  # streaming generators (issue 5)
     *HOST_WIRE_TYPES,  # between hosts, never seen by a kernel
 )
 

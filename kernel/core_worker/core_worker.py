@@ -85,6 +85,13 @@ from shoal.kernel.core_worker.protocol import (
     TaskSubmitted,
     WaitRequested,
 )
+from shoal.kernel.core_worker.stream_protocol import (
+    StreamItem,
+    StreamItemAck,
+    StreamItemProduced,
+    StreamNextRequested,
+)
+from shoal.kernel.core_worker.streams import NEXT_TIMER_PREFIX, RESEND_TIMER_PREFIX, StreamTable
 from shoal.kernel.core_worker.submitter import (
     LEASE_TIMER_PREFIX,
     PUSH_TIMER_PREFIX,
@@ -126,6 +133,7 @@ CoreWorkerInput = (
     | RefsChanged | CancelRequested | TaskExecuted | KvCallRequested
     | ActorCreationRequested | ActorCallSubmitted | ActorLookupRequested | ActorKillRequested
     | ActorInstanceCreated | ActorTaskExecuted
+    | StreamItemProduced | StreamNextRequested  # streaming generators (issue 5)
 )
 
 
@@ -151,7 +159,9 @@ class CoreWorker:
         self.raylet = raylet
         self.objects = ObjectTable(address, self.config.fetch_retry_ns)
         self.calls = CallTable(address, raylet, self.objects)
-        self.submitter = Submitter(address, raylet, self.objects, self.config.submitter)
+        self.streams = StreamTable(address, self.objects)  # streaming generators (issue 5)
+        self.submitter = Submitter(address, raylet, self.objects, self.config.submitter,
+                                   self.streams)
         self.executor = Executor(address, self.objects)
         self.gcs_client = GcsClient(gcs, self.config.gcs_client)
         self.actors = ActorCaller(address, gcs, self.objects, self.config.actors)
@@ -180,6 +190,8 @@ class CoreWorker:
             case TimerFired():
                 return self._on_timer(event, now)
             case TaskSubmitted():
+                if event.spec.streaming:
+                    self.streams.open(event.spec.task_id)
                 effects = self.submitter.submit(event.spec, event.function, now)
                 return effects + self._adopt_child(event.spec.task_id, now)
             case ObjectPut():
@@ -214,6 +226,10 @@ class CoreWorker:
                 return self.actor_host.on_instance_created(event)
             case ActorTaskExecuted():
                 return self.actor_host.on_executed(event, now)
+            case StreamItemProduced():  # streaming generators (issue 5)
+                return self.executor.on_stream_item(event, now)
+            case StreamNextRequested():
+                return self.streams.on_next(event, now)
         return []
 
     def _on_started(self, now: Nanos) -> list[Msg]:
@@ -325,6 +341,10 @@ class CoreWorker:
                 return self.objects.on_location_removed(msg)
             case CancelTask():
                 return self._on_cancel_task(src, msg, now)
+            case StreamItem():  # streaming generators (issue 5)
+                return self.streams.on_item(src, msg)
+            case StreamItemAck():
+                return self.executor.on_stream_ack(msg, now)
             case NodeTableUpdate():
                 return self._on_node_table(msg, now)
             # --- actors (issue #4) ---
@@ -399,6 +419,10 @@ class CoreWorker:
             return self.calls.on_timeout(int(key[len(CALL_TIMER_PREFIX):]))
         if key == POLL_TIMER or key.startswith("gcs_client."):
             return self.gcs_client.handle(event, now=now)
+        if key.startswith(NEXT_TIMER_PREFIX):  # streaming generators (issue 5)
+            return self.streams.on_timer(int(key[len(NEXT_TIMER_PREFIX):]))
+        if key.startswith(RESEND_TIMER_PREFIX):
+            return self.executor.on_stream_timer(TaskId(key[len(RESEND_TIMER_PREFIX):]), now)
         if key.startswith(ACTOR_TIMER_PREFIX):  # actors (issue #4)
             return self.actors.on_timer(key, now)
         return []
@@ -418,6 +442,7 @@ class CoreWorker:
                 object_id = objects.freed_ids.pop(0)
                 self.actors.on_object_freed(object_id)
                 effects += self.submitter.forget_lineage(object_id)
+                effects += self.streams.on_object_freed(object_id)
         return effects
 
     def _on_lost(self, object_id: ObjectId, now: Nanos) -> list[Msg]:
@@ -434,6 +459,7 @@ class CoreWorker:
         """Raises ``InvariantViolation`` if the sub-machines disagree."""
         self.objects.check_invariants()
         self.submitter.check_invariants()
+        self.streams.check_invariants()
         self.gcs_client.check_invariants()
         self.actors.check_invariants()
         self.actor_host.check_invariants()

@@ -25,6 +25,8 @@ from enum import Enum
 
 from shoal.kernel.core_worker.arguments import arg_value, resolve_args
 from shoal.kernel.core_worker.objects import ObjectTable
+from shoal.kernel.core_worker.stream_protocol import StreamItemAck, StreamItemProduced
+from shoal.kernel.core_worker.streams import StreamOutbox
 from shoal.kernel.core_worker.protocol import (
     CancelTask,
     ExecuteTask,
@@ -59,6 +61,7 @@ class _Execution:
     waiting: dict[ObjectId, list[int]] = field(default_factory=dict)
     counted: list[ObjectRefInfo] = field(default_factory=list)  # ref args pinned here
     cancelled: bool = False
+    outbox: StreamOutbox | None = None  # a streaming task's items in flight (streams.py)
 
     @property
     def key(self) -> tuple[TaskId, int]:
@@ -142,6 +145,8 @@ class Executor:
                 f"worker {self._me}: the code of function {spec.name} ({spec.function_id}) "
                 "never arrived with its task; this is a bug in shoal")))
         run.phase = ExecPhase.RUNNING
+        if spec.streaming:
+            run.outbox = StreamOutbox(owner=run.owner, task_id=spec.task_id, attempt=spec.attempt)
         args = tuple(a if a is not None else Payload(data=b"") for a in run.args)
         return [ExecuteTask(spec=spec, args=args, function=function)]
 
@@ -157,8 +162,40 @@ class Executor:
             return []  # not the task we run: stale
         effects = hand_off_results(self._objects, msg.results, run.owner, msg.task_id, now)
         done = TaskDone(task_id=msg.task_id, attempt=msg.attempt, results=msg.results,
-                        retryable_error=msg.retryable_error, borrowed=msg.borrowed)
-        return effects + self._pin_stored(msg.results, run.owner) + self._complete(run, done, now)
+                        retryable_error=msg.retryable_error, borrowed=msg.borrowed,
+                        stream_count=msg.stream_count)
+        effects += self._pin_stored(msg.results, run.owner)
+        if run.outbox is not None and not run.outbox.drained:
+            run.outbox.final = done  # answered once the owner has every item
+            return effects
+        return effects + self._complete(run, done, now)
+
+    # --- streaming tasks (issue 5, streams.py) ----------------------------------
+
+    def on_stream_item(self, msg: StreamItemProduced, now: Nanos) -> list[Msg]:
+        """The running streaming task yielded an item: on to the owner at once."""
+        run = self._current
+        if run is None or run.outbox is None or run.key != (msg.task_id, msg.attempt):
+            return []  # not the task we run: stale
+        effects = hand_off_results(self._objects, (msg.result,), run.owner, msg.task_id, now)
+        effects += self._pin_stored((msg.result,), run.owner)
+        return effects + run.outbox.send(msg, now)
+
+    def on_stream_ack(self, msg: StreamItemAck, now: Nanos) -> list[Msg]:
+        run = self._current
+        if run is None or run.outbox is None or run.key != (msg.task_id, msg.attempt):
+            return []  # a duplicate ack, or of an attempt that ended
+        effects = run.outbox.ack(msg.index)
+        final = run.outbox.final
+        if final is not None and run.outbox.drained:
+            effects += self._complete(run, final, now)
+        return effects
+
+    def on_stream_timer(self, task_id: TaskId, now: Nanos) -> list[Msg]:
+        run = self._current
+        if run is None or run.outbox is None or run.push.spec.task_id != task_id:
+            return []
+        return run.outbox.on_timer(now)
 
     def _fail(self, run: _Execution, error: ObjectError) -> list[Msg]:
         spec = run.push.spec

@@ -103,6 +103,7 @@ class TaskDone(Msg):
     results: tuple[ObjectResult, ...]
     retryable_error: bool = False  # the error may be retried under retry_exceptions
     borrowed: tuple[ObjectRefInfo, ...] = ()  # refs the worker still holds for the owner
+    stream_count: Count = 0  # streaming tasks: the items yielded (streams.py)
 
 
 class CancelTask(Msg):
@@ -220,6 +221,7 @@ class TaskExecuted(Msg):
     results: tuple[ObjectResult, ...]
     retryable_error: bool = False
     borrowed: tuple[ObjectRefInfo, ...] = ()
+    stream_count: Count = 0  # streaming tasks: the items the generator yielded
 
 
 # --- host effects: answers to user code --------------------------------------

@@ -34,6 +34,7 @@ from enum import Enum
 
 import msgspec
 from shoal.kernel.core_worker.objects import ObjectTable
+from shoal.kernel.core_worker.streams import StreamTable
 from shoal.kernel.core_worker.protocol import (
     CancelTask,
     ObjectError,
@@ -146,8 +147,9 @@ class Submitter:
     """The tasks this process owns, and its leases. A sub-machine of ``CoreWorker``."""
 
     def __init__(self, me: Address, raylet: Address, objects: ObjectTable,
-                 config: SubmitterConfig) -> None:
+                 config: SubmitterConfig, streams: StreamTable | None = None) -> None:
         self._me = me
+        self._streams = streams or StreamTable(me, objects)  # streaming tasks (issue 5)
         self._raylet = raylet
         self._objects = objects
         self._config = config
@@ -433,7 +435,7 @@ class Submitter:
                     if inner.owner == src:
                         self._objects.ensure(inner)
                         self._objects.mark_registered_borrower(inner.object_id)
-            effects += self._finish(task, list(msg.results))
+            effects += self._finish(task, list(msg.results), msg.stream_count)
         if lease is not None and lease.lease_id in self._leases and lease.task_id is None:
             effects += self._next_on_lease(lease, now)
         return effects
@@ -489,11 +491,14 @@ class Submitter:
         self._keys.setdefault(task.key, _KeyState()).queue.append(task.spec.task_id)
         return self._pump(task.key, now)
 
-    def _finish(self, task: _Task, results: list[ObjectResult]) -> list[Msg]:
+    def _finish(self, task: _Task, results: list[ObjectResult],
+                stream_count: int | None = None) -> list[Msg]:
         spec = task.spec
         self._tasks.pop(spec.task_id, None)
         self.finished += 1
         effects: list[Msg] = []
+        if spec.streaming and results:  # the end of its stream, before its head completes
+            effects += self._streams.on_task_finished(spec.task_id, results[0], stream_count)
         for object_id in spec.return_ids:
             self._by_return.pop(object_id, None)
         if any(r.stored and r.error is None for r in results):
