@@ -16,8 +16,10 @@ The GCS reserves a group's bundles on this node in two phases (messages:
   ``CPU_group_pg``, markers), so that lease requests of the group fit here;
   answered ``BundlesCommitted`` (``ok=False`` if some bundle of that attempt is
   not held: this raylet lost it).
-* ``ReleaseBundles(pg, attempt, indexes)``: bundles of that group held under
-  ``attempt`` or older (the ``indexes``, or all) are given back: every lease
+* ``ReleaseBundles(pg, attempt, indexes)``: fences the group at ``attempt``
+  (a prepare of that attempt or older that arrives later, a network duplicate,
+  is ignored: it would reserve for an attempt the GCS gave up). Bundles of that
+  group held under ``attempt`` or older (the ``indexes``, or all) are given back: every lease
   and request using the group's resources here is ended first (workers killed,
   owners told, requests refused), then the group resources leave the node and
   the reserved resources return to the pool. Answered ``BundlesReleased``.
@@ -94,6 +96,7 @@ class BundleTable:
         self._leases = leases
         self._bundles: dict[tuple[str, int], _Bundle] = {}
         self._removed: dict[str, None] = {}  # groups removed, oldest first (bounded)
+        self._fences: dict[str, int] = {}  # per group: the newest attempt released (bounded)
 
     @property
     def bundles(self) -> tuple[tuple[str, int, int, bool], ...]:
@@ -110,6 +113,7 @@ class BundleTable:
             case CommitBundles():
                 return self._on_commit(src, msg, now)
             case ReleaseBundles():
+                self._fence(msg.pg_id, msg.attempt)
                 why = (f"its placement group {msg.pg_id!r} gave back its bundles on node "
                        f"{self.node_id!r} ({msg.reason or 'released'})")
                 effects = self._release(msg.pg_id, msg.attempt, msg.indexes, why, now)
@@ -119,7 +123,15 @@ class BundleTable:
                     pg_id=msg.pg_id, attempt=msg.attempt, indexes=msg.indexes))]
         return []
 
+    def _fence(self, pg_id: str, attempt: int) -> None:
+        """Prepares of ``attempt`` or older arriving after its release are stale."""
+        self._fences[pg_id] = max(attempt, self._fences.pop(pg_id, 0))  # moved to the end
+        while len(self._fences) > REMOVED_MAX:
+            del self._fences[next(iter(self._fences))]
+
     def _on_prepare(self, src: Address, msg: PrepareBundles, now: Nanos) -> list[Msg]:
+        if msg.attempt <= self._fences.get(msg.pg_id, -1) or msg.pg_id in self._removed:
+            return []  # a late duplicate of a prepare whose attempt was released already
         held = [self._bundles.get((msg.pg_id, b.index)) for b in msg.bundles]
         if any(b is not None and b.attempt > msg.attempt for b in held):
             return []  # a stale prepare: a newer attempt holds the bundle
