@@ -1,6 +1,7 @@
 """Hypothesis state machine: the GCS placement group manager and real raylet bundle tables,
 over a network that loses, duplicates and reorders messages, with raylets that crash and
-come back empty under a new incarnation (bundles there are rescheduled).
+come back empty under a new incarnation (bundles there are rescheduled), and a GCS that
+restarts from its durable tables.
 
 Invariants after every step: the manager's indexes agree, every raylet's ledger balances
 (a bundle's resources are never double-booked), and a group the GCS calls CREATED has each
@@ -29,7 +30,16 @@ from shoal.kernel.gcs.placement_groups import PlacementGroupManager
 from shoal.kernel.gcs.protocol import NodeInfo, NodeRegistered, NodeTableUpdate
 from shoal.kernel.gcs.resource_protocol import NodeResources
 from shoal.kernel.ids import NodeId
-from shoal.kernel.messages import Address, Msg, Received, Send, SetTimer, Started
+from shoal.kernel.messages import (
+    Address,
+    Msg,
+    Received,
+    Send,
+    SetTimer,
+    Started,
+    StoreDelete,
+    StorePut,
+)
 from shoal.kernel.raylet import Raylet, RayletConfig
 from shoal.kernel.raylet.resources import from_units
 
@@ -80,6 +90,7 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         self.manager = PlacementGroupManager(PgManagerConfig(), Cluster(self.raylets))
         self.network: list[tuple[Address, Address, Msg]] = []  # (src, dst, msg) in flight
         self.timers: dict[str, None] = {}
+        self.store: dict[str, dict[bytes, bytes]] = {}  # the GCS's durable tables
         self.next_group = 1
         self.now = 0
 
@@ -91,6 +102,10 @@ class PlacementGroupMachine(RuleBasedStateMachine):
                 self.network.append((GCS, effect.dst, effect.msg))
             elif isinstance(effect, SetTimer):
                 self.timers[effect.key] = None
+            elif isinstance(effect, StorePut):
+                self.store.setdefault(effect.table, {})[effect.key] = effect.value
+            elif isinstance(effect, StoreDelete):
+                self.store.get(effect.table, {}).pop(effect.key, None)
 
     def _deliver(self, src: Address, dst: Address, msg: Msg) -> None:
         if dst == GCS:
@@ -140,6 +155,16 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         """The node's raylet crashes and comes back empty, under a new incarnation."""
         incarnation = self.raylets[node].incarnation + 1
         self.raylets[node] = make_raylet(node, incarnation)
+        self._gcs_effects(self.manager.on_cluster_changed(self.now))
+
+    @rule()
+    def restart_gcs(self) -> None:
+        """The GCS process restarts: it rebuilds from its store and resends what was in
+        flight; its timers are gone."""
+        tables = {table: dict(rows) for table, rows in self.store.items()}
+        self.manager = PlacementGroupManager(PgManagerConfig(), Cluster(self.raylets), tables)
+        self.timers = {}
+        self._gcs_effects(self.manager.on_started(self.now))
         self._gcs_effects(self.manager.on_cluster_changed(self.now))
 
     @precondition(lambda self: self.timers)
