@@ -10,6 +10,7 @@ program runs unmodified inside ``shoal.sim.Simulation(...).run(main)``, where
 from shoal import exceptions
 from shoal.runtime.api import (
     ObjectRef,
+    ObjectRefGenerator,
     available_resources,
     cancel,
     cluster_resources,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ObjectRef",
+    "ObjectRefGenerator",
     "__version__",
     "available_resources",
     "cancel",

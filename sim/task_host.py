@@ -67,6 +67,8 @@ from shoal.kernel.task_spec import (
 )
 from shoal.sim.actor_host import ActorContextMixin, SimActorHost  # actors (issue #4)
 from shoal.sim.pg_host import PlacementGroupContextMixin  # placement groups
+from shoal.sim.stream_host import StreamContextMixin  # streaming generators (issue 5)
+from shoal.kernel.core_worker.stream_protocol import StreamNextCompleted
 from shoal.sim.baton import Baton, SimFuture, UserThread
 from shoal.sim.engine import SimProcess, Store
 from shoal.sim.harness import ClusterSim
@@ -103,6 +105,7 @@ class TaskHost:
         handlers[GetCompleted] = self._on_completed
         handlers[WaitCompleted] = self._on_completed
         handlers[CallCompleted] = self._on_completed
+        handlers[StreamNextCompleted] = self._on_completed  # streaming generators (issue 5)
         self._thread_states: dict[UserThread, _ProcessState] = {}
         # Each node's object store: the bytes of values above the inline limit.
         self.stores: dict[NodeId, dict[ObjectId, bytes]] = {}
@@ -327,7 +330,7 @@ class TaskHost:
             state.threads.pop(thread, None)
 
 
-class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin):
+class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin, StreamContextMixin):
     """The ``WorkerContext`` of one simulated process (driver or worker)."""
 
     def __init__(self, host: TaskHost, address: Address) -> None:
@@ -479,6 +482,8 @@ class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin):
             self._host.baton.resolve(future, value=results)
         elif isinstance(effect, WaitCompleted):
             self._host.baton.resolve(future, value=effect.ready)
+        elif isinstance(effect, StreamNextCompleted):  # streaming generators (issue 5)
+            self._host.baton.resolve(future, value=effect)
         elif isinstance(effect, CallCompleted):
             if effect.error:
                 self._host.baton.resolve(future, error=ValueError(effect.error))

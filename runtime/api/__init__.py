@@ -36,6 +36,7 @@ from shoal.runtime.api.context import (
     using_context,
 )
 from shoal.runtime.api.executor import current_task_spec, execute
+from shoal.runtime.api.generator import ObjectRefGenerator
 from shoal.runtime.api.object_ref import ObjectRef
 from shoal.runtime.api.remote_function import RemoteFunction, remote
 from shoal.runtime.api.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -45,6 +46,7 @@ __all__ = [
     "NodeAffinitySchedulingStrategy",
     "NotInitializedError",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "WorkerContext",

@@ -59,6 +59,14 @@ Threading contract (what a host author must know):
   deterministic only when it blocks (the simulator) may block here and return
   a future that is already done, unless the caller runs on an event loop that
   the host drives itself.
+* Streaming generators (issue 5; ``StreamingContext``, optional too): the
+  owner's ``stream_next`` blocks like ``get_objects`` until item ``index`` of a
+  stream exists or the stream ended; the item's ref comes back *already
+  counted once* for the caller, who must wrap it with ``ObjectRef.adopt`` (not
+  the constructor, which would count it again). On a worker, the API calls
+  ``report_stream_item`` from the task's thread for each value the generator
+  yields (fire and forget, in order with the thread's other inputs); the host
+  stores a large value in the node's store first, as it does for returns.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ __all__ = [
     "ActorContext",
     "PlacementGroupContext",
     "AsyncObjectsContext",
+    "StreamingContext",
     "NotInitializedError",
     "WorkerContext",
     "bind_thread_context",
@@ -250,6 +259,29 @@ class AsyncObjectsContext(Protocol):
             A future whose value reads the results, one per ref in the order given,
             as ``get_objects`` returns them.
         """
+        ...
+
+
+@runtime_checkable
+class StreamingContext(Protocol):
+    """The streaming-generator half of a host's context (issue 5, ``generator.py``);
+    see the module docstring."""
+
+    def stream_next(self, task_id: TaskId, index: int,
+                    timeout_s: float | None) -> ObjectRefInfo | None:
+        """Blocks until item ``index`` of the stream of ``task_id`` (owned here) exists.
+
+        Returns:
+            The item's ref, counted once for the caller (``ObjectRef.adopt`` it), or
+            None when the stream ended before ``index``.
+
+        Raises:
+            GetTimeoutError: ``timeout_s`` passed first.
+        """
+        ...
+
+    def report_stream_item(self, spec: TaskSpec, index: int, result: ObjectResult) -> None:
+        """The streaming task the calling thread runs yielded item ``index`` (worker side)."""
         ...
 
 

@@ -23,6 +23,12 @@ task fails it with ``kind="task_cancelled"``, never retried. Other
 ``BaseException``s (``SystemExit``, the simulator's ``SimulationExit``) are not
 caught: the host decides what they mean.
 
+Streaming tasks (``spec.streaming``, issue 5): the function must return a
+generator; each value it yields is serialized and handed to the host at once
+with ``ctx.report_stream_item`` (item ``i`` is object ``stream_item_id(task,
+i)``), and the task's one return (its stream's head) is None, or the error
+that ended it; ``stream_count`` says how many items were yielded.
+
 ``execute_async`` is the same for a coroutine function (an async actor's
 method): awaited on the calling thread's event loop, it runs the call as one
 asyncio task among others. What belongs to one call (the bound context, the
@@ -51,6 +57,7 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 from shoal.kernel.core_worker.protocol import ErrorKind, ObjectError, ObjectResult, TaskExecuted
+from shoal.kernel.core_worker.streams import stream_item_id
 from shoal.kernel.messages import Address
 from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec
 from shoal.runtime.api.context import WorkerContext, bind_thread_context
@@ -120,13 +127,17 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
     token = _running_spec.set(spec)
     try:
         with collecting_refs() as rebuilt:
-            results, retryable = _run(spec, args, function, target)
+            count = 0
+            if spec.streaming:
+                results, retryable, count = _run_streaming(spec, args, function, target, ctx)
+            else:
+                results, retryable = _run(spec, args, function, target)
         borrowed = _still_held(rebuilt, ctx.address)
     finally:
         _running_spec.reset(token)
         bind_thread_context(previous_ctx)
     return TaskExecuted(task_id=spec.task_id, attempt=spec.attempt, results=results,
-                        retryable_error=retryable, borrowed=borrowed)
+                        retryable_error=retryable, borrowed=borrowed, stream_count=count)
 
 
 async def execute_async(spec: TaskSpec, args: tuple[Payload, ...], ctx: WorkerContext, *,
@@ -169,6 +180,42 @@ def _run(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
         return _cancelled(spec, exc), False
     except Exception as exc:  # noqa: BLE001 - user code may raise anything
         return _errored(spec, exc)
+
+
+def _run_streaming(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
+                   target: Callable[..., Any] | None, ctx: WorkerContext,
+                   ) -> tuple[tuple[ObjectResult, ...], bool, int]:
+    """Runs a streaming task: reports each yielded value as it comes; returns the
+    head's outcome, whether its error is retryable, and the number of items."""
+    count = 0
+    report = getattr(ctx, "report_stream_item", None)
+    outputs: Any = None
+    try:
+        if report is None:
+            raise RaySystemError(f"this host ({type(ctx).__name__}) cannot run streaming "
+                                 "generator tasks yet")
+        outputs = _call(spec, args, function, target)
+        if not inspect.isgenerator(outputs):
+            raise TypeError(
+                f"task {spec.name} has num_returns='streaming' but returned a "
+                f"{type(outputs).__name__}, not a generator: make it yield its values, or "
+                "give it an integer num_returns")
+        for value in outputs:
+            payload = serialize(value, what=f"item {count} of generator task {spec.name}")
+            del value
+            report(spec, count, ObjectResult(object_id=stream_item_id(spec.task_id, count),
+                                             value=payload))
+            count += 1
+        head = ObjectResult(object_id=spec.return_ids[0], value=serialize(None))
+        return (head,), False, count
+    except _CANCELLED as exc:
+        return _cancelled(spec, exc), False, count
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+        results, retryable = _errored(spec, exc)
+        return results, retryable, count
+    finally:
+        if inspect.isgenerator(outputs):
+            outputs.close()  # its frame's locals (and their refs) go now
 
 
 def _returns(spec: TaskSpec, outputs: Any) -> tuple[ObjectResult, ...]:

@@ -69,6 +69,16 @@ class ObjectRef:
         """A new ref (counted like any other) for an ``ObjectRefInfo``."""
         return cls(info.object_id, info.owner)
 
+    @classmethod
+    def adopt(cls, info: ObjectRefInfo, ctx: WorkerContext) -> ObjectRef:
+        """A ref for an object the kernel already counted once for it (a streaming
+        generator's item, issue 5): it does not count itself again, and releases that
+        count through ``ctx`` when collected."""
+        ref = cls.__new__(cls)
+        ref._info = info
+        ref._ctx = ctx
+        return ref
+
     # --- identity ----------------------------------------------------------
 
     @property

@@ -18,7 +18,9 @@ Accepted but without effect (there is nothing in shoal yet that they change):
 ``_generator_backpressure_num_objects``, and ``runtime_env`` (a non-empty one
 warns: tasks run in the worker's own environment). Options that would change
 what a program computes are refused with a clear error instead of ignored:
-``label_selector``, generator ``num_returns``. Placement groups
+``label_selector``, ``num_returns="dynamic"`` (Ray's deprecated generator
+form; ``num_returns="streaming"`` is supported: see ``generator.py``, and a
+generator function streams by default, as in Ray 2.x). Placement groups
 (``placement_group.py``) rewrite the resource request into the group's.
 """
 
@@ -121,7 +123,7 @@ def _check_count(infinite: bool) -> Check:
 def _check_num_returns(name: str, value: int | str) -> str | None:
     if isinstance(value, str):
         if value in STREAMING_RETURNS:
-            return None  # refused with NotImplementedError when resolved
+            return None  # "dynamic" is refused with NotImplementedError when resolved
         return (f"The keyword 'num_returns' only accepts None, a non-negative integer, "
                 f"'streaming' or 'dynamic' (for generators); got {value!r}")
     return None if value >= 0 else (
@@ -211,10 +213,11 @@ def _refuse_unsupported(options: Mapping[str, Any]) -> None:
         raise NotImplementedError(
             "label_selector is not supported yet; use custom resources (resources={...}) "
             "to steer tasks to nodes")
-    if options.get("num_returns") in STREAMING_RETURNS:
+    if options.get("num_returns") == "dynamic":
         raise NotImplementedError(
-            f"num_returns={options['num_returns']!r} (generator tasks) is not supported yet; "
-            "return a list with a fixed num_returns instead")
+            "num_returns='dynamic' (Ray's deprecated generator tasks) is not supported yet; "
+            "use num_returns='streaming' (an ObjectRefGenerator), or return a list with a "
+            "fixed num_returns instead")
     if options.get("runtime_env"):
         warnings.warn(
             "runtime_env is not supported yet and is ignored: tasks run in the worker's "
@@ -244,6 +247,7 @@ class TaskOptions:
     retry_exception_allowlist: bytes
     affinity: NodeAffinity | None
     name: str | None
+    streaming: bool = False  # a generator task: returns an ObjectRefGenerator (issue 5)
 
 
 def _value(options: Mapping[str, Any], name: str) -> Any:
@@ -279,21 +283,28 @@ def _in_group(resources: dict[str, float], options: Mapping[str, Any]) -> dict[s
     return in_placement_group(resources, options)
 
 
-def resolve_task_options(options: Mapping[str, Any]) -> TaskOptions:
-    """Turns validated, merged options into the fields of a ``TaskSpec``."""
+def resolve_task_options(options: Mapping[str, Any], *, generator: bool = False) -> TaskOptions:
+    """Turns validated, merged options into the fields of a ``TaskSpec``.
+
+    ``generator``: the function is a generator function, which streams unless
+    ``num_returns`` says otherwise (Ray 2.x's default).
+    """
+    streaming = options.get("num_returns") == "streaming" or (
+        generator and options.get("num_returns") is None)
     retry = _value(options, "retry_exceptions")
     allowlist = b""
     if isinstance(retry, list | tuple):
         allowlist = cloudpickle.dumps(tuple(retry), protocol=5) if retry else b""
         retry = bool(retry)
     return TaskOptions(
-        num_returns=int(_value(options, "num_returns")),
+        num_returns=1 if streaming else int(_value(options, "num_returns")),
         resources=_in_group(task_resources(options), options),
         max_retries=int(_value(options, "max_retries")),
         retry_exceptions=bool(retry),
         retry_exception_allowlist=allowlist,
         affinity=_affinity(options.get("scheduling_strategy")),
         name=options.get("name") or None,
+        streaming=streaming,
     )
 
 

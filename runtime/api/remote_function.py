@@ -15,7 +15,10 @@ the inline limit is ``put`` first and passed by ref, as Ray does.
 
 It then creates the return refs (counted by the context), submits the task,
 and returns one ``ObjectRef`` (``num_returns=1``), a list of them
-(``num_returns > 1``), or None (``num_returns=0``), as Ray does.
+(``num_returns > 1``), or None (``num_returns=0``), as Ray does. A generator
+function (unless given an integer ``num_returns``) or ``num_returns="streaming"``
+makes a streaming task: ``.remote()`` returns an ``ObjectRefGenerator``
+(``generator.py``, issue 5).
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ class RemoteFunction:
             function, "__name__", type(function).__name__)
         self._function_name = f"{module}.{qualname}"
         self._default_options = dict(options)
-        self._resolved: TaskOptions = resolve_task_options(self._default_options)
+        self._resolved: TaskOptions = resolve_task_options(
+            self._default_options, generator=inspect.isgeneratorfunction(function))
         self._pickled = pickled if pickled is not None else _PickledFunction(function)
         try:
             self._signature: inspect.Signature | None = inspect.signature(function)
@@ -143,11 +147,16 @@ class RemoteFunction:
             num_returns=resolved.num_returns, resources=dict(resolved.resources),
             max_retries=resolved.max_retries, retry_exceptions=resolved.retry_exceptions,
             retry_exception_allowlist=resolved.retry_exception_allowlist,
-            depth=(parent.depth + 1) if parent is not None else 1, affinity=resolved.affinity)
+            depth=(parent.depth + 1) if parent is not None else 1, affinity=resolved.affinity,
+            streaming=resolved.streaming)
         # The refs exist (and are counted) before the task does: see context.py.
         refs = [ObjectRef(object_id, ctx.address) for object_id in spec.return_ids]
         ctx.submit_task(spec, function)
         del keep_alive
+        if spec.streaming:
+            from shoal.runtime.api.generator import ObjectRefGenerator  # issue 5
+
+            return ObjectRefGenerator(refs[0], ctx)
         if spec.num_returns == 1:
             return refs[0]
         return refs if refs else None

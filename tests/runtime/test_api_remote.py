@@ -106,7 +106,6 @@ def test_cpu_and_gpu_in_resources_are_refused_like_ray() -> None:
     ({"num_returns": -1}, ValueError, "non-negative integer"),
     ({"num_returns": "many"}, ValueError, "'streaming' or 'dynamic'"),
     ({"num_returns": True}, TypeError, "keyword 'num_returns'"),
-    ({"num_returns": "streaming"}, NotImplementedError, "generator tasks"),
     ({"num_returns": "dynamic"}, NotImplementedError, "not supported yet"),
     ({"max_retries": -2}, ValueError, "-1 represents infinity"),
     ({"max_retries": 1.5}, TypeError, "keyword 'max_retries'"),

@@ -1,0 +1,242 @@
+"""Streaming generator tasks (issue 5) end to end in the simulator, through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+import shoal
+from shoal import exceptions
+from shoal.runtime.api.context import get_context
+from shoal.sim import Simulation
+from shoal.sim import api
+
+
+def _owned_ids() -> list[str]:
+    """The objects the calling (driver) process owns, straight from its core worker."""
+    ctx = get_context()
+    core = ctx.host.kernel(ctx.address)  # type: ignore[attr-defined]
+    return list(core.objects.owned_ids())
+
+
+def test_items_reach_the_caller_before_the_task_finishes() -> None:
+    def main() -> tuple[int, bool, list[int]]:
+        @shoal.remote
+        class Flag:
+            def __init__(self) -> None:
+                self.value = False
+
+            def set(self) -> None:
+                self.value = True
+
+            def get(self) -> bool:
+                return self.value
+
+        @shoal.remote
+        def numbers(flag: object) -> object:
+            yield 0
+            while not shoal.get(flag.get.remote()):  # type: ignore[attr-defined]
+                api.sleep(0.1)  # blocked until the caller saw item 0
+            yield 1
+            yield 2
+
+        flag = Flag.remote()
+        gen = numbers.remote(flag)
+        assert isinstance(gen, shoal.ObjectRefGenerator)
+        first = shoal.get(next(gen))
+        ready, _ = shoal.wait([gen.completed()], timeout=0)
+        still_running = not ready
+        flag.set.remote()
+        rest = [shoal.get(ref) for ref in gen]
+        return first, still_running, rest
+
+    result = Simulation(seed=1, nodes=2).run(main)
+    assert not result.violations, result.violations
+    assert result.value == (0, True, [1, 2])
+
+
+def test_error_after_k_items_is_raised_by_item_k_then_the_stream_stops() -> None:
+    def main() -> tuple[list[int], str, bool]:
+        @shoal.remote(num_returns="streaming")
+        def two_then_boom() -> object:
+            yield 10
+            yield 11
+            raise ValueError("boom")
+
+        gen = two_then_boom.remote()
+        values = [shoal.get(next(gen)), shoal.get(next(gen))]
+        failing = next(gen)
+        try:
+            shoal.get(failing)
+            message = "no error"
+        except ValueError as error:  # the RayTaskError is also the user's class
+            assert isinstance(error, exceptions.RayTaskError)
+            message = str(error)
+        try:
+            next(gen)
+            stopped = False
+        except StopIteration:
+            stopped = True
+        return values, message, stopped
+
+    result = Simulation(seed=2, nodes=2).run(main)
+    assert not result.violations, result.violations
+    values, message, stopped = result.value
+    assert values == [10, 11] and "boom" in message and stopped
+
+
+def test_worker_crash_mid_stream_retries_without_duplicates() -> None:
+    def main() -> list[int]:
+        @shoal.remote(max_retries=2)
+        def slow_numbers() -> object:
+            for i in range(6):
+                api.sleep(0.5)
+                yield i
+
+        gen = slow_numbers.remote()
+        seen = [shoal.get(next(gen)), shoal.get(next(gen))]
+        assert api.kill_worker_running(gen.completed())
+        seen += [shoal.get(ref) for ref in gen]
+        return seen
+
+    result = Simulation(seed=3, nodes=2).run(main)
+    assert not result.violations, result.violations
+    assert result.value == [0, 1, 2, 3, 4, 5]
+
+
+def test_crash_with_no_retries_left_ends_the_stream_with_the_crash() -> None:
+    def main() -> tuple[list[int], str]:
+        @shoal.remote(max_retries=0)
+        def numbers() -> object:
+            for i in range(100):
+                api.sleep(0.5)
+                yield i
+
+        gen = numbers.remote()
+        seen = [shoal.get(next(gen))]
+        assert api.kill_worker_running(gen.completed())
+        refs = list(gen)
+        try:
+            for ref in refs:
+                seen.append(shoal.get(ref))
+        except exceptions.WorkerCrashedError:
+            return seen, "crashed"
+        return seen, "no error"
+
+    result = Simulation(seed=4, nodes=2).run(main)
+    assert not result.violations, result.violations
+    seen, outcome = result.value
+    assert outcome == "crashed" and seen == list(range(len(seen))) and seen[0] == 0
+
+
+def test_dropped_generator_leaks_no_item() -> None:
+    def main() -> tuple[int, list[str]]:
+        @shoal.remote
+        def numbers() -> object:
+            for i in range(5):
+                yield i
+
+        gen = numbers.remote()
+        first = shoal.get(next(gen))
+        completed = gen.completed()
+        shoal.get(completed)  # the task ended; items 1..4 are waiting, unconsumed
+        del gen, completed
+        gc.collect()
+        api.sleep(1.0)  # the releases reach the core worker
+        return first, _owned_ids()
+
+    result = Simulation(seed=5, nodes=2).run(main)
+    assert not result.violations, result.violations
+    first, owned = result.value
+    assert first == 0 and owned == [], f"leaked: {owned}"
+
+
+def test_large_items_go_through_the_object_store() -> None:
+    def main() -> list[int]:
+        @shoal.remote
+        def big() -> object:
+            for i in range(3):
+                yield bytes([i]) * 300_000
+
+        return [len(set(shoal.get(ref))) * shoal.get(ref)[0] for ref in big.remote()]
+
+    result = Simulation(seed=6, nodes=2).run(main)
+    assert not result.violations, result.violations
+    assert result.value == [0, 1, 2]
+
+
+def test_async_for_and_a_non_generator_streaming_function() -> None:
+    def main() -> tuple[list[int], str]:
+        @shoal.remote
+        def numbers(n: int) -> object:
+            yield from range(n)
+
+        @shoal.remote(num_returns="streaming")
+        def not_a_generator() -> int:
+            return 1
+
+        async def consume() -> list[int]:
+            return [shoal.get(ref) async for ref in numbers.remote(4)]
+
+        values = asyncio.run(consume())
+        try:
+            shoal.get(next(not_a_generator.remote()))
+            message = "no error"
+        except TypeError as error:
+            message = str(error)
+        return values, message
+
+    result = Simulation(seed=7, nodes=2).run(main)
+    assert not result.violations, result.violations
+    values, message = result.value
+    assert values == [0, 1, 2, 3] and "not a generator" in message
+
+
+def test_integer_num_returns_keeps_the_old_meaning_for_generators() -> None:
+    def main() -> list[int]:
+        @shoal.remote(num_returns=2)
+        def pair() -> object:
+            yield 1
+            yield 2
+
+        return shoal.get(pair.remote())
+
+    assert Simulation(seed=8, nodes=1).run(main).value == [1, 2]
+
+
+@pytest.mark.parametrize("profile", ["lossy", "chaos"])
+def test_streams_under_faults(profile: str) -> None:
+    def main() -> list[list[int]]:
+        @shoal.remote(max_retries=-1)
+        def numbers(n: int) -> object:
+            for i in range(n):
+                api.sleep(0.05)
+                yield i * i
+
+        gens = [numbers.remote(n) for n in (3, 5, 8)]
+        return [[shoal.get(ref) for ref in gen] for gen in gens]
+
+    for seed in range(6):
+        result = Simulation(seed=seed, nodes=3, faults=profile).run(main)
+        assert not result.violations, f"seed {seed}: {result.violations}"
+        assert result.value == [[i * i for i in range(n)] for n in (3, 5, 8)], f"seed {seed}"
+
+
+def test_a_generator_cannot_be_pickled_or_iterated_twice_at_once() -> None:
+    def main() -> str:
+        import pickle
+
+        @shoal.remote
+        def one() -> object:
+            yield 1
+
+        gen = one.remote()
+        try:
+            pickle.dumps(gen)
+        except TypeError as error:
+            return str(error)
+        return "pickled"
+
+    assert "cannot be pickled" in Simulation(seed=9, nodes=1).run(main).value
