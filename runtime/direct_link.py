@@ -160,6 +160,7 @@ class DirectLinks:
             component="direct_link")
         self._send_links: dict[Address, _Link] = {}  # the one link each peer is sent on
         self._links: list[_Link] = []  # every open link (incoming and outgoing)
+        self._holding: list[_Link] = []  # links holding envelopes behind the relay
         self._relayed: dict[Address, int] = {}
         self._relay_received: dict[Address, int] = {}
         self._retry_at: dict[Address, float] = {}
@@ -281,6 +282,7 @@ class DirectLinks:
         if link.held or self._relay_received.get(link.peer, 0) < link.hold_until:
             if not link.held:
                 link.held_since = self._clock()
+                self._holding.append(link)
             link.held.extend(mine)
             self.stats.held += len(mine)
             return
@@ -291,6 +293,8 @@ class DirectLinks:
     def _release(self, link: _Link) -> None:
         held, link.held = link.held, []
         link.hold_until = 0
+        if link in self._holding:
+            self._holding.remove(link)
         for envelope in held:
             self._deliver(envelope)
         if held:
@@ -305,15 +309,15 @@ class DirectLinks:
         count = self._relay_received.get(src, 0) + 1
         self._relay_received[src] = count
         self._deliver(envelope)
-        for link in self._links:
-            if link.peer == src and link.held and count >= link.hold_until:
+        if self._holding:
+            for link in [h for h in self._holding if h.peer == src and count >= h.hold_until]:
                 self._release(link)
 
     def release_overdue(self) -> None:
         """Delivers envelopes held longer than ``HOLD_MAX_S`` (a relayed one was lost)."""
         now = self._clock()
-        for link in self._links:
-            if link.held and now - link.held_since >= HOLD_MAX_S:
+        for link in list(self._holding):
+            if now - link.held_since >= HOLD_MAX_S:
                 self.stats.hold_timeouts += 1
                 self._log.warning("direct.hold_timeout", peer=str(link.peer),
                                   held=len(link.held), waiting_for=link.hold_until)

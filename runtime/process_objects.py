@@ -34,14 +34,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from shoal.kernel.core_worker.protocol import LocalObject, ObjectError, ObjectResult
 from shoal.kernel.ids import NodeId, ObjectId
 from shoal.kernel.task_spec import INLINE_BYTES_MAX, Payload, TaskSpec
 from shoal.runtime.api.exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
 from shoal.runtime.api.serialization import serialize_error
-from shoal.transports.object_store_client import StoreClient
 from shoal.transports.object_store_errors import (
     ObjectNotFoundError,
     ObjectStoreError,
@@ -50,6 +49,9 @@ from shoal.transports.object_store_errors import (
     ObjectStoreFullError as StoreFullError,
 )
 from shoal.transports.serialization import SerializedObject, split_layout
+
+if TYPE_CHECKING:  # imported on first use: it needs numpy, which init() should not wait for
+    from shoal.transports.object_store_client import StoreClient
 
 OBJECT_BYTES_MAX: Final = 2**32  # the kernels' bound on an object's size (ids.Count)
 
@@ -83,6 +85,8 @@ class ProcessObjects:
                                      f"{INLINE_BYTES_MAX} bytes cannot be stored or read")
             if self._client is None:
                 try:
+                    from shoal.transports.object_store_client import StoreClient
+
                     self._client = StoreClient(self._socket_path, self._token)
                 except (OSError, ObjectStoreError) as exc:
                     raise RaySystemError(f"cannot reach the node's object store: {exc}") from exc

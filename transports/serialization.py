@@ -39,13 +39,13 @@ in messages: one ``bytes`` object, buffers kept in band.
 from __future__ import annotations
 
 import pickle
+import sys
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import cloudpickle  # type: ignore[import-untyped]
-import numpy as np
 
 __all__ = [
     "ALIGNMENT",
@@ -134,6 +134,8 @@ def _as_byte_view(memory: object) -> memoryview:
 def _address(view: memoryview) -> int:
     if view.nbytes == 0:
         return 0
+    import numpy as np  # imported on first use (a process that never needs it, never does)
+
     address: int = np.frombuffer(view, dtype=np.uint8).__array_interface__["data"][0]
     return address
 
@@ -141,9 +143,17 @@ def _address(view: memoryview) -> int:
 def _copy(dest: memoryview, src: memoryview) -> None:
     if src.nbytes >= _NUMPY_COPY_MIN_BYTES:
         # np.copyto releases the GIL, so a big copy does not stall other threads.
+        import numpy as np
+
         np.copyto(np.frombuffer(dest, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8))
     else:
         dest[:] = src
+
+
+def _ndarray_type() -> type | None:
+    """``numpy.ndarray`` if numpy is imported (a value cannot be an array otherwise)."""
+    numpy = sys.modules.get("numpy")
+    return numpy.ndarray if numpy is not None else None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -244,7 +254,7 @@ def serialize(value: object) -> SerializedObject:
     try:
         if type(value) in _ATOMIC_TYPES:
             inband = pickle.dumps(value, protocol=5)
-        elif type(value) is np.ndarray and not value.dtype.hasobject:
+        elif type(value) is _ndarray_type() and not value.dtype.hasobject:
             # A plain array refers only to numpy's importable reconstructors, so the C
             # pickler (several times cheaper to start than cloudpickle's) is exact.
             inband = pickle.dumps(value, protocol=5, buffer_callback=keep_out_of_band)
