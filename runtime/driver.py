@@ -85,6 +85,8 @@ from shoal.kernel.wire import Envelope
 from shoal.runtime.actor_context import ProdActorContext
 from shoal.runtime.pg_context import ProdPlacementGroupContext  # placement groups
 from shoal.runtime.async_objects import ProdAsyncObjects
+from shoal.runtime.stream_context import ProdStreams  # streaming generators (issue 5)
+from shoal.kernel.core_worker.stream_protocol import StreamNextCompleted
 from shoal.runtime.api.exceptions import RaySystemError
 from shoal.runtime.direct_link import DirectLinks
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect
@@ -334,7 +336,8 @@ def _timeout_ns(timeout_s: float | None) -> int | None:
     return None if timeout_s is None else max(0, int(timeout_s * 1e9))
 
 
-class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupContext):
+class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupContext,
+                        ProdStreams):
     """The ``WorkerContext`` (and ``ActorContext``) of a driver or worker process (see the
     module docstring)."""
 
@@ -653,7 +656,7 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
                 waiter.resolve(error=ValueError(effect.error))
             case CallCompleted():
                 waiter.resolve(effect.value)
-            case ActorRequestCompleted():
+            case ActorRequestCompleted() | StreamNextCompleted():
                 waiter.resolve(effect)
 
     def on_caller_effect(self, effect: Msg) -> None:
@@ -664,7 +667,8 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
             UnhandledEffect: not such an effect (a bug in the host).
         """
         match effect:
-            case GetCompleted() | WaitCompleted() | CallCompleted() | ActorRequestCompleted():
+            case (GetCompleted() | WaitCompleted() | CallCompleted() | ActorRequestCompleted()
+                  | StreamNextCompleted()):
                 self.complete(effect)
             case ActorCallRefused():
                 self.on_call_refused(effect)
