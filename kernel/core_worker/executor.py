@@ -25,8 +25,6 @@ from enum import Enum
 
 from shoal.kernel.core_worker.arguments import arg_value, resolve_args
 from shoal.kernel.core_worker.objects import ObjectTable
-from shoal.kernel.core_worker.stream_protocol import StreamItemAck, StreamItemProduced
-from shoal.kernel.core_worker.streams import StreamOutbox
 from shoal.kernel.core_worker.protocol import (
     CancelTask,
     ExecuteTask,
@@ -39,6 +37,8 @@ from shoal.kernel.core_worker.protocol import (
     TaskExecuted,
     TaskRunning,
 )
+from shoal.kernel.core_worker.stream_protocol import StreamItemAck, StreamItemProduced
+from shoal.kernel.core_worker.streams import StreamOutbox
 from shoal.kernel.ids import Nanos, ObjectId, TaskId
 from shoal.kernel.messages import Address, Msg, Send
 from shoal.kernel.raylet.object_protocol import PinObject

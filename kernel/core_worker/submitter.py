@@ -34,7 +34,6 @@ from enum import Enum
 
 import msgspec
 from shoal.kernel.core_worker.objects import ObjectTable
-from shoal.kernel.core_worker.streams import StreamTable
 from shoal.kernel.core_worker.protocol import (
     CancelTask,
     ObjectError,
@@ -43,6 +42,7 @@ from shoal.kernel.core_worker.protocol import (
     TaskDone,
     TaskRunning,
 )
+from shoal.kernel.core_worker.streams import StreamTable
 from shoal.kernel.errors import InvalidTransition, InvariantViolation
 from shoal.kernel.ids import Nanos, NodeId, ObjectId, TaskId
 from shoal.kernel.messages import Address, CancelTimer, Msg, Send, SetTimer

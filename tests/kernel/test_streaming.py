@@ -4,7 +4,6 @@ table and the executor's outbox (kernel/core_worker/streams.py)."""
 from __future__ import annotations
 
 import msgspec
-
 from shoal.kernel.core_worker import CoreWorker
 from shoal.kernel.core_worker.protocol import (
     ExecuteTask,
@@ -24,7 +23,6 @@ from shoal.kernel.core_worker.stream_protocol import (
     StreamNextRequested,
 )
 from shoal.kernel.core_worker.streams import stream_head_id, stream_item_id
-from shoal.kernel.gcs.protocol import SubscribeNodes
 from shoal.kernel.messages import (
     Address,
     CancelTimer,

@@ -6,12 +6,11 @@ import asyncio
 import gc
 
 import pytest
+from shoal.runtime.api.context import get_context
+from shoal.sim import Simulation, api
 
 import shoal
 from shoal import exceptions
-from shoal.runtime.api.context import get_context
-from shoal.sim import Simulation
-from shoal.sim import api
 
 
 def _owned_ids() -> list[str]:
@@ -135,8 +134,7 @@ def test_dropped_generator_leaks_no_item() -> None:
     def main() -> tuple[int, list[str]]:
         @shoal.remote
         def numbers() -> object:
-            for i in range(5):
-                yield i
+            yield from range(5)
 
         gen = numbers.remote()
         first = shoal.get(next(gen))
