@@ -229,6 +229,10 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
         TypeError: ``object_ref`` is not an ``ObjectRef``.
         ValueError: ``force=True`` for an actor call (kill the actor instead).
     """
+    from shoal.runtime.api.generator import ObjectRefGenerator  # issue 5
+
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()  # its task: the stream ends with the cancel
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(
             "shoal.cancel() only supported for object refs. For actors, try shoal.kill(). "

@@ -238,3 +238,29 @@ def test_a_generator_cannot_be_pickled_or_iterated_twice_at_once() -> None:
         return "pickled"
 
     assert "cannot be pickled" in Simulation(seed=9, nodes=1).run(main).value
+
+
+def test_cancel_a_generator_ends_its_stream_with_the_cancel() -> None:
+    def main() -> tuple[list[int], str]:
+        @shoal.remote
+        def endless() -> object:
+            i = 0
+            while True:
+                api.sleep(0.2)
+                yield i
+                i += 1
+
+        gen = endless.remote()
+        seen = [shoal.get(next(gen)), shoal.get(next(gen))]
+        shoal.cancel(gen)
+        try:
+            for ref in gen:
+                seen.append(shoal.get(ref))
+        except exceptions.TaskCancelledError:
+            return seen, "cancelled"
+        return seen, "not cancelled"
+
+    result = Simulation(seed=10, nodes=2).run(main)
+    assert not result.violations, result.violations
+    seen, outcome = result.value
+    assert outcome == "cancelled" and seen == list(range(len(seen)))
