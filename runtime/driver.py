@@ -458,11 +458,19 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         refs = self._refs
         if not refs:
             return []
-        deltas: dict[ObjectRefInfo, int] = {}
+        # Keyed by the id string (its hash is cached; a struct's is recomputed each time).
+        deltas: dict[ObjectId, int] = {}
+        infos: dict[ObjectId, ObjectRefInfo] = {}
+        pop = refs.popleft
         while refs:
-            info, delta = refs.popleft()
-            deltas[info] = deltas.get(info, 0) + delta
-        changed = tuple((info, delta) for info, delta in deltas.items() if delta)
+            info, delta = pop()
+            object_id = info.object_id
+            if object_id in deltas:
+                deltas[object_id] += delta
+            else:
+                deltas[object_id] = delta
+                infos[object_id] = info
+        changed = tuple((infos[oid], delta) for oid, delta in deltas.items() if delta)
         return [RefsChanged(deltas=changed)] if changed else []
 
     def post_input(self, event: Msg) -> None:
