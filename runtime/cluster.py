@@ -394,6 +394,7 @@ def _start_host(address: str | None, *, num_cpus: Any = None, num_gpus: Any = No
             return
         stopped.set()
         if cluster is None:  # a joined cluster lives on: end this job's actors there
+            ctx.remove_owned_placement_groups(STOP_ACTORS_S)  # and its placement groups
             ctx.stop_owned_actors(STOP_ACTORS_S)
         ctx.flush_refs()
         runtime.stop()

@@ -5,19 +5,82 @@ A request goes through the process's core worker and its GCS client exactly
 like an internal-KV call (``kv_call``: ``KvCallRequested`` posted to the trio
 loop, retransmitted to the GCS until answered); the ``CallCompleted`` value is
 the encoded ``PlacementGroupReply``.
+
+Lifetime: Ray scopes a group that is not detached to the job of the driver
+that created it. A driver remembers the non-detached groups it created (and
+has not removed); when it shuts down with the cluster living on (it joined with
+``init(address=...)``), ``remove_owned_placement_groups`` removes them, which
+frees their bundles and ends their actors. A driver that dies without shutdown
+leaves them (the GCS has no job table to notice it yet).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
-from shoal.kernel.gcs.placement_group_protocol import PlacementGroupReply
+from shoal.kernel.gcs.placement_group_protocol import (
+    CreatePlacementGroup,
+    PlacementGroupReply,
+    RemovePlacementGroup,
+)
+from shoal.kernel.gcs_client import KvCallRequested
+from shoal.kernel.messages import Address, Msg
+from shoal.runtime.api.exceptions import RaySystemError
 from shoal.runtime.api.placement_group import decode_reply
+
+if TYPE_CHECKING:
+    from shoal.runtime.driver import _Waiter
 
 
 class ProdPlacementGroupContext:
-    """Mixed into ``ProdWorkerContext``; needs its ``kv_call``."""
+    """Mixed into ``ProdWorkerContext``; uses its ``kv_call``, ``_post``, ``_new_waiter``
+    and ``_lock``."""
+
+    address: Address
+    _lock: threading.Lock
+    _owned_groups: dict[str, None] | None = None  # a driver's non-detached groups
+
+    if TYPE_CHECKING:
+        def kv_call(self, request: Any) -> Any: ...
+        def _post(self, event: Msg | None) -> None: ...
+        def _new_waiter(self) -> _Waiter: ...
 
     def placement_group_call(self, request: Any) -> PlacementGroupReply:
-        value: bytes = self.kv_call(request)  # type: ignore[attr-defined]
-        return decode_reply(value)
+        reply = decode_reply(self.kv_call(request))
+        if not reply.error and self.address.component == "driver":
+            self._note_owned(request)
+        return reply
+
+    def _note_owned(self, request: Any) -> None:
+        with self._lock:
+            if isinstance(request, CreatePlacementGroup) and not request.spec.detached:
+                if self._owned_groups is None:
+                    self._owned_groups = {}
+                self._owned_groups[request.spec.pg_id] = None
+            elif isinstance(request, RemovePlacementGroup) and self._owned_groups:
+                self._owned_groups.pop(request.pg_id, None)
+
+    def remove_owned_placement_groups(self, timeout_s: float) -> int:
+        """The job ends: removes every non-detached group this driver created; waits up
+        to ``timeout_s`` for the GCS's answers.
+
+        Returns:
+            How many removals were asked for.
+        """
+        with self._lock:
+            owned, self._owned_groups = list(self._owned_groups or ()), None
+        waiters = []
+        try:
+            for pg_id in owned:
+                waiter = self._new_waiter()
+                self._post(KvCallRequested(call_id=waiter.call_id, request=RemovePlacementGroup(
+                    request_id=0, pg_id=pg_id)))
+                waiters.append(waiter)
+        except RaySystemError:
+            return 0  # the cluster is gone already, and its groups with it
+        deadline = time.monotonic() + timeout_s
+        for waiter in waiters:
+            waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        return len(owned)

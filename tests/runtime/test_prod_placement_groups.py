@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -31,6 +32,7 @@ from shoal.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+NAMESPACE = "pg-tests"
 
 
 def _session_dir() -> str:
@@ -45,7 +47,7 @@ def _our_processes(besides: set[int] | None = None) -> list[psutil.Process]:
 def cluster() -> Iterator[None]:
     """One 2-CPU local cluster for the module, checked clean at the end."""
     before = {p.pid for p in _our_processes()}
-    shoal.init(num_cpus=2)
+    shoal.init(num_cpus=2, namespace=NAMESPACE)
     session_dir = _session_dir()
     try:
         yield
@@ -116,3 +118,27 @@ def test_actor_pool_and_queue(cluster: None) -> None:
     with pytest.raises(Empty):
         queue.get(timeout=0.2)
     queue.shutdown()
+
+
+SECOND_DRIVER = """
+import sys
+import shoal
+from shoal.util import placement_group
+
+shoal.init(address=sys.argv[1], namespace=sys.argv[2])
+kept = placement_group([{"CPU": 0.5}], name="kept-pg", lifetime="detached")
+temporary = placement_group([{"CPU": 0.5}], name="temporary-pg")
+print(kept.wait(30), temporary.wait(30))
+"""  # and exits: shutdown at exit ends its job
+
+
+def test_a_drivers_job_removes_its_groups_but_not_detached_ones(cluster: None) -> None:
+    done = subprocess.run([sys.executable, "-c", SECOND_DRIVER, _session_dir(), NAMESPACE],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+    with pytest.raises(ValueError, match="Failed to look up placement group"):
+        get_placement_group("temporary-pg")
+    kept = get_placement_group("kept-pg")
+    assert placement_group_table(kept)["state"] == "CREATED"
+    remove_placement_group(kept)
