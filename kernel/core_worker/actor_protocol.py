@@ -35,8 +35,9 @@ method call; refused at once with ``ActorCallRefused`` past
 ``max_pending_calls``), ``ActorLookupRequested`` (``get_actor``),
 ``ActorKillRequested``; and from the host running an actor:
 ``ActorInstanceCreated`` (the constructor returned or raised) and
-``ActorTaskExecuted`` (a method returned or raised). Effects: the answers, and
-``CreateActorInstance``/``ExecuteActorTask`` to run user code.
+``ActorTaskExecuted`` (a method returned or raised). Effects: the answers,
+``CreateActorInstance``/``ExecuteActorTask`` to run user code, and
+``InterruptActorTask`` to cancel a running call of an async actor.
 """
 
 from __future__ import annotations
