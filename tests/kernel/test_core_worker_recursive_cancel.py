@@ -24,7 +24,15 @@ from shoal.kernel.core_worker.protocol import (
     TaskSubmitted,
 )
 from shoal.kernel.ids import TaskId
-from shoal.kernel.messages import Address, CancelTimer, Received, Send, SetTimer, Started, TimerFired
+from shoal.kernel.messages import (
+    Address,
+    CancelTimer,
+    Received,
+    Send,
+    SetTimer,
+    Started,
+    TimerFired,
+)
 from shoal.kernel.raylet.protocol import (
     CancelLeaseRequest,
     LeaseGranted,
