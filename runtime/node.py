@@ -11,8 +11,10 @@ node) on a ``KernelLoop``, and three transports:
   daemons of other nodes; its endpoint is the raylet's ``RayletConfig.endpoint``
   and so appears in the GCS node table (``NodeInfo.endpoint``). Its port is
   reserved at once (bound, not listening); on the head, gRPC itself is imported
-  in a thread and started in the background while the kernels already serve the
-  local processes (a node that joins needs it first, to reach the GCS);
+  in a thread and started in the background once the daemon is ready (its import
+  would hold the GIL while the kernels start), while the kernels already serve
+  the local processes; a node that joins needs it first, to reach the GCS, and
+  its peers retry until it listens;
 * a pipe to the process that started the daemon (``--parent-fd``): when it
   reads end-of-file (the parent died, however), the daemon shuts down.
 
@@ -62,6 +64,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -445,11 +448,13 @@ async def serve(opts: NodeOptions, token: str,
             daemon.zygote = zygote
             if zygote is not None:
                 nursery.start_soon(zygote.run)
-            if opts.head:  # a head needs no peer to start: gRPC comes up in the background
-                nursery.start_soon(daemon.run_grpc, token, reservation)
+            start_grpc = None
+            if opts.head:  # a head needs no peer to start: gRPC comes up once it is ready
+                def start_grpc() -> None:
+                    nursery.start_soon(daemon.run_grpc, token, reservation)
             else:  # the GCS is only reachable over gRPC
                 await nursery.start(daemon.run_grpc, token, reservation)
-            reason = await _run_daemon(daemon, nursery, log)
+            reason = await _run_daemon(daemon, nursery, log, start_grpc)
             nursery.cancel_scope.cancel()
     finally:
         reservation.close()
@@ -474,7 +479,8 @@ def _join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _run_daemon(daemon: NodeDaemon, nursery: trio.Nursery, log: Any) -> str:
+async def _run_daemon(daemon: NodeDaemon, nursery: trio.Nursery, log: Any,
+                      start_grpc: Callable[[], None] | None = None) -> str:
     opts = daemon.opts
     await nursery.start(daemon.loop.run)
     daemon.objects.start()
@@ -490,6 +496,9 @@ async def _run_daemon(daemon: NodeDaemon, nursery: trio.Nursery, log: Any) -> st
         await daemon.stop_workers()
         return refused
     log.info("node.ready", endpoint=daemon.endpoint, socket=opts.socket_path)
+    if start_grpc is not None:
+        # Only now: importing gRPC (in a thread) would hold the GIL while the kernels start.
+        start_grpc()
     reason = await _wait_for_stop(opts)
     log.info("node.stopping", reason=reason)
     await daemon.stop_workers()
