@@ -54,6 +54,7 @@ session directory and the node's ``/dev/shm`` files removed.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -63,8 +64,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -75,11 +76,11 @@ from shoal.kernel.messages import Address, Msg, Received, Started
 from shoal.kernel.raylet import MemberPhase, Raylet, RayletConfig
 from shoal.kernel.raylet.object_protocol import (
     DeleteObject,
+    ObjectEvicted,
     SendObjectChunks,
     WriteObjectChunk,
 )
 from shoal.kernel.raylet.objects import ObjectsConfig
-from shoal.kernel.raylet.object_protocol import ObjectEvicted
 from shoal.kernel.raylet.protocol import KillWorker, StartWorker, WorkerExited
 from shoal.kernel.wire import Envelope
 from shoal.runtime import node_status
@@ -448,10 +449,10 @@ async def serve(opts: NodeOptions, token: str,
             daemon.zygote = zygote
             if zygote is not None:
                 nursery.start_soon(zygote.run)
-            start_grpc = None
+            start_grpc: Callable[[], None] | None = None
             if opts.head:  # a head needs no peer to start: gRPC comes up once it is ready
-                def start_grpc() -> None:
-                    nursery.start_soon(daemon.run_grpc, token, reservation)
+                start_grpc = functools.partial(nursery.start_soon, daemon.run_grpc, token,
+                                               reservation)
             else:  # the GCS is only reachable over gRPC
                 await nursery.start(daemon.run_grpc, token, reservation)
             reason = await _run_daemon(daemon, nursery, log, start_grpc)

@@ -39,8 +39,8 @@ in messages: one ``bytes`` object, buffers kept in band.
 from __future__ import annotations
 
 import pickle
-import sys
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -254,7 +254,7 @@ def serialize(value: object) -> SerializedObject:
     try:
         if type(value) in _ATOMIC_TYPES:
             inband = pickle.dumps(value, protocol=5)
-        elif type(value) is _ndarray_type() and not value.dtype.hasobject:
+        elif type(value) is _ndarray_type() and not value.dtype.hasobject:  # type: ignore[attr-defined]
             # A plain array refers only to numpy's importable reconstructors, so the C
             # pickler (several times cheaper to start than cloudpickle's) is exact.
             inband = pickle.dumps(value, protocol=5, buffer_callback=keep_out_of_band)
