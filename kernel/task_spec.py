@@ -70,6 +70,7 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     # A generator task whose values stream to the owner as yielded (issue 5): its one
     # return is the stream's head; its items are objects of their own (streams.py).
     streaming: bool = False
+    concurrency_group: str = ""  # an actor call's concurrency group ("": the default one)
 
     @property
     def return_ids(self) -> tuple[ObjectId, ...]:

@@ -78,7 +78,8 @@ class ActorRunner:
     # --- the trio thread: effects of the core worker -------------------------------------
 
     def on_create(self, effect: CreateActorInstance) -> None:
-        concurrency = effect.spec.max_concurrency
+        # Calls of each concurrency group run beside the default group's (the kernel caps each).
+        concurrency = effect.spec.max_concurrency + sum(effect.spec.concurrency_groups.values())
         if concurrency > 1 and self._pool is None:  # before any call can be started
             self._pool = ThreadPoolExecutor(max_workers=concurrency,
                                             thread_name_prefix="shoal-actor")

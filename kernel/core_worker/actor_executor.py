@@ -12,6 +12,13 @@ constructor raised; either way the GCS is answered ``ActorCreated``
 the cached ``ActorCreated`` after). A ``CreateActor`` for another actor or
 incarnation is refused.
 
+Concurrency groups (Ray's ``concurrency_groups``): each call belongs to the
+group its spec names (``concurrency_group``, if the actor defines it) or to
+the default group. Each group has its own queue and limit (the default group's
+is ``max_concurrency``), so a group at its limit, or whose head waits for its
+arguments, never holds back the calls of another group; within a group calls
+start in acceptance order.
+
 Calls: ``PushActorTask`` names the caller's session and its sequence number.
 Sessions are keyed by the caller's address and the session it names. Each
 session has an ``expected`` number: the call bearing it is *accepted*
@@ -116,14 +123,26 @@ class ActorHost:
         self._created: ActorCreated | None = None
         self._ctor: _Run | None = None
         self._sessions: OrderedDict[tuple[Address, str], _Session] = OrderedDict()
-        self._ready: deque[_Run] = deque()
+        self._ready: dict[str, deque[_Run]] = {}  # per concurrency group ("": default)
         self._running: dict[TaskId, _Run] = {}
+        self._running_in: dict[str, int] = {}  # calls running per concurrency group
         self._is_async = False  # the host runs calls as coroutines (it can interrupt them)
         self.executed = 0
 
     @property
     def busy(self) -> bool:
-        return bool(self._ready or self._running)
+        return bool(self._running) or any(self._ready.values())
+
+    def _group(self, spec: TaskSpec) -> str:
+        groups = self.spec.concurrency_groups if self.spec is not None else {}
+        return spec.concurrency_group if spec.concurrency_group in groups else ""
+
+    def _limit(self, group: str) -> int:
+        assert self.spec is not None
+        return self.spec.concurrency_groups[group] if group else self.spec.max_concurrency
+
+    def _queued(self) -> list[_Run]:
+        return [run for queue in self._ready.values() for run in queue]
 
     @property
     def running_calls(self) -> int:
@@ -215,7 +234,7 @@ class ActorHost:
             if push.cancelled:
                 effects += self._answer(run, _cancelled_results(run.spec))
                 continue
-            self._ready.append(run)
+            self._ready.setdefault(self._group(run.spec), deque()).append(run)
             effects += self._resolve(run, now)
         return effects + self._start_ready()
 
@@ -227,9 +246,9 @@ class ActorHost:
             if self._is_async and self.spec is not None:
                 return [InterruptActorTask(actor_id=self.spec.actor_id, task_id=task_id)]
             return []
-        for run in self._ready:
+        for run in self._queued():
             if run.spec.task_id == task_id:
-                self._ready.remove(run)
+                self._ready[self._group(run.spec)].remove(run)
                 return self._answer(run, _cancelled_results(run.spec)) + self._start_ready()
         return []  # answered already
 
@@ -245,23 +264,33 @@ class ActorHost:
     def _start_ready(self) -> list[Msg]:
         if self.phase is HostPhase.FAILED:
             effects: list[Msg] = []
-            while self._ready:
-                effects += self._answer_failed(self._ready.popleft())
+            for run in self._queued():
+                effects += self._answer_failed(run)
+            self._ready.clear()
             return effects
         if self.phase is not HostPhase.READY or self.spec is None:
             return []
         effects = []
-        while self._ready and len(self._running) < self.spec.max_concurrency:
-            run = self._ready[0]
+        for group, queue in self._ready.items():
+            effects += self._start_group(group, queue)
+        return effects
+
+    def _start_group(self, group: str, queue: deque[_Run]) -> list[Msg]:
+        """Starts the calls at the head of one group's queue, up to its limit."""
+        assert self.spec is not None
+        effects: list[Msg] = []
+        while queue and self._running_in.get(group, 0) < self._limit(group):
+            run = queue[0]
             if run.waiting:
                 break  # calls start in order: wait for the head's arguments
-            self._ready.popleft()
+            queue.popleft()
             if run.error is not None:
                 effects += self._answer(run, tuple(
                     ObjectResult(object_id=oid, error=run.error) for oid in run.spec.return_ids))
                 continue
             run.started = True
             self._running[run.spec.task_id] = run
+            self._running_in[group] = self._running_in.get(group, 0) + 1
             effects.append(ExecuteActorTask(actor_id=self.spec.actor_id, spec=run.spec,
                                             args=_args(run)))
         return effects
@@ -274,9 +303,12 @@ class ActorHost:
                                        for oid in run.spec.return_ids))
 
     def on_executed(self, msg: ActorTaskExecuted, now: Nanos) -> list[Msg]:
-        run = self._running.pop(msg.task_id, None)
+        run = self._running.get(msg.task_id)
         if run is None or self.spec is None or msg.actor_id != self.spec.actor_id:
             return []  # not a call running here: stale
+        del self._running[msg.task_id]
+        group = self._group(run.spec)
+        self._running_in[group] -= 1
         effects = hand_off_results(self._objects, msg.results, run.caller, msg.task_id, now)
         raylet = Address(node=self._me.node, component="raylet")
         effects += [
@@ -306,7 +338,7 @@ class ActorHost:
         return effects
 
     def on_object_done(self, object_id: ObjectId) -> list[Msg]:
-        runs = [r for r in ([self._ctor] if self._ctor else []) + list(self._ready)
+        runs = [r for r in ([self._ctor] if self._ctor else []) + self._queued()
                 if object_id in r.waiting]
         if not runs:
             return []
@@ -334,11 +366,17 @@ class ActorHost:
         if (self.spec is None) != (self.phase is HostPhase.EMPTY):
             raise InvariantViolation(
                 f"core_worker actor host: phase {self.phase.value} with spec {self.spec!r}")
-        limit = self.spec.max_concurrency if self.spec is not None else 0
-        if len(self._running) > limit:
-            raise InvariantViolation(
-                f"core_worker actor host: {len(self._running)} calls run at once, above "
-                f"max_concurrency={limit}")
+        if self.spec is None:
+            if self._running:
+                raise InvariantViolation("core_worker actor host: calls run with no actor")
+            return
+        for group, running in self._running_in.items():
+            if running > self._limit(group) or running < 0:
+                raise InvariantViolation(
+                    f"core_worker actor host: {running} calls of concurrency group "
+                    f"{group or 'default'!r} run at once, its limit {self._limit(group)}")
+        if sum(self._running_in.values()) != len(self._running):
+            raise InvariantViolation("core_worker actor host: running calls miscounted by group")
 
 
 def _cancelled_results(spec: TaskSpec) -> tuple[ObjectResult, ...]:

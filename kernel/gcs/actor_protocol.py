@@ -64,6 +64,7 @@ class MethodMeta(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     retry_exceptions: bool = False
     retry_exception_allowlist: bytes = b""  # pickled exception classes, opaque to kernels
     max_task_retries: RetryCount | None = None
+    concurrency_group: str = ""  # ``@method(concurrency_group=...)``; "": the default
 
 
 class ActorSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,6 +88,10 @@ class ActorSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=2**20)] = 1
     max_pending_calls: PendingMax = -1
     methods: tuple[MethodMeta, ...] = ()
+    # Named concurrency groups and how many of their calls may run at once; calls of
+    # no group share ``max_concurrency``.
+    concurrency_groups: dict[str, Annotated[int, msgspec.Meta(ge=1, le=2**20)]] = (
+        msgspec.field(default_factory=dict))
 
 
 class ActorHandleInfo(msgspec.Struct, frozen=True, kw_only=True):

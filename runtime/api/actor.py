@@ -71,7 +71,8 @@ __all__ = [
     "kill",
 ]
 
-_METHOD_CALL_OPTIONS = ("num_returns", "max_task_retries", "name", "retry_exceptions")
+_METHOD_CALL_OPTIONS = ("num_returns", "max_task_retries", "name", "retry_exceptions",
+                        "concurrency_group")
 
 
 def _retry_fields(value: Any, where: str) -> tuple[bool, bytes]:
@@ -96,7 +97,8 @@ def _methods_of(cls: type) -> tuple[MethodMeta, ...]:
         retry, allowlist = _retry_fields(opts.get("retry_exceptions", False), f"method {name}")
         metas.append(MethodMeta(name=name, num_returns=int(num_returns), retry_exceptions=retry,
                                 retry_exception_allowlist=allowlist,
-                                max_task_retries=opts.get("max_task_retries")))
+                                max_task_retries=opts.get("max_task_retries"),
+                                concurrency_group=opts.get("concurrency_group") or ""))
     return tuple(metas)
 
 
@@ -189,7 +191,8 @@ class ActorClass:
             namespace=namespace if resolved.name else "", detached=resolved.detached,
             max_restarts=resolved.max_restarts, max_task_retries=resolved.max_task_retries,
             max_concurrency=resolved.max_concurrency,
-            max_pending_calls=resolved.max_pending_calls, methods=self._methods)
+            max_pending_calls=resolved.max_pending_calls, methods=self._methods,
+            concurrency_groups=dict(resolved.concurrency_groups))
         handle_ref = ObjectRef(handle_object_id(actor_id), ctx.address)  # counted first
         done = _create(ctx, spec, function, resolved.get_if_exists)
         del keep_alive
@@ -329,6 +332,7 @@ class ActorMethod:
             function_id=self._meta.name, args=tuple(task_args), kwarg_names=tuple(kwargs),
             num_returns=num_returns, resources={}, max_retries=retries,
             retry_exceptions=retry_exc, retry_exception_allowlist=allowlist,
+            concurrency_group=str(self._options.get("concurrency_group", meta.concurrency_group)),
             depth=(parent.depth + 1) if parent is not None else 1)
         refs = [ObjectRef(object_id, ctx.address) for object_id in spec.return_ids]
         _note_actor_call_refs(refs)  # cancel refuses force=True for them

@@ -387,6 +387,10 @@ def method(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
                 f"arguments are {list(_METHOD_OPTIONS)}")
     if "retry_exceptions" in kwargs:
         retry_exception_fields(kwargs["retry_exceptions"], "@method")  # fails early if bad
+    group = kwargs.get("concurrency_group", "")
+    if not isinstance(group, str):
+        raise TypeError(f"@method: concurrency_group must be the name of one of the actor's "
+                        f"concurrency_groups, got {group!r}")
     retries = kwargs.get("max_task_retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < -1:
         raise ValueError(f"@method: max_task_retries must be an integer >= -1 (-1: retry "

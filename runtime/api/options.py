@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -322,6 +322,20 @@ def _check_concurrency(name: str, value: int) -> str | None:
     return None if value >= 1 else "max_concurrency must be >= 1"
 
 
+def _check_concurrency_groups(groups: Any) -> None:
+    """``concurrency_groups={"io": 2, ...}``: names and how many calls each runs at once."""
+    if not isinstance(groups, dict):
+        raise TypeError(f"concurrency_groups must be a dict of group name to max "
+                        f"concurrency, like {{'io': 2}}, got {groups!r}")
+    for group, limit in groups.items():
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"concurrency_groups: a group name must be a non-empty string, "
+                             f"got {group!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"concurrency_groups: the max concurrency of group {group!r} "
+                             f"must be an integer >= 1, got {limit!r}")
+
+
 def _check_pending(name: str, value: int) -> str | None:
     if value == -1 or value >= 1:
         return None
@@ -366,9 +380,7 @@ def validate_actor_options(options: Mapping[str, Any], *, in_options: bool) -> N
     if options.get("get_if_exists") and not options.get("name") and in_options:
         raise ValueError("The actor name must be specified to use `get_if_exists`.")
     if options.get("concurrency_groups"):
-        raise NotImplementedError(
-            "concurrency_groups are not supported yet; use max_concurrency to let calls "
-            "run concurrently")
+        _check_concurrency_groups(options["concurrency_groups"])
     if options.get("allow_out_of_order_execution"):
         raise NotImplementedError(
             "allow_out_of_order_execution is not supported: calls from one caller run in "
@@ -391,6 +403,7 @@ class ActorOptions:
     max_pending_calls: int
     get_if_exists: bool
     affinity: NodeAffinity | None
+    concurrency_groups: dict[str, int] = field(default_factory=dict)
 
 
 def _actor_value(options: Mapping[str, Any], name: str) -> Any:
@@ -429,4 +442,5 @@ def resolve_actor_options(options: Mapping[str, Any], *, is_async: bool = False)
         max_pending_calls=int(_actor_value(options, "max_pending_calls")),
         get_if_exists=bool(options.get("get_if_exists")),
         affinity=_affinity(options.get("scheduling_strategy")),
+        concurrency_groups=dict(options.get("concurrency_groups") or {}),
     )

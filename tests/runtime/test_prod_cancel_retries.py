@@ -127,3 +127,26 @@ def test_actor_method_retries_on_an_allowed_exception(cluster: None) -> None:
             return self.calls
 
     assert shoal.get(Flaky.remote().third_time.remote(), timeout=20) == 3
+
+
+def test_concurrency_groups(cluster: None) -> None:
+    @shoal.remote(num_cpus=0, concurrency_groups={"io": 2})
+    class Server:
+        def __init__(self) -> None:
+            self.is_open = False
+
+        @shoal.method(concurrency_group="io")
+        def wait_open(self) -> str:
+            deadline = time.monotonic() + 20  # a bound, not a timing assertion
+            while not self.is_open and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return "opened" if self.is_open else "never opened"
+
+        def open(self) -> str:  # the default group: runs beside the io calls
+            self.is_open = True
+            return "open"
+
+    server = Server.remote()
+    waits = [server.wait_open.remote() for _ in range(2)]
+    assert shoal.get(server.open.remote(), timeout=20) == "open"
+    assert shoal.get(waits, timeout=20) == ["opened", "opened"]

@@ -161,3 +161,45 @@ def test_method_rejects_a_bad_retry_option() -> None:
         shoal.method(retry_exceptions="yes")
     with pytest.raises(ValueError, match="max_task_retries must be an integer >= -1"):
         shoal.method(max_task_retries=-5)
+
+
+def test_concurrency_groups_run_beside_the_default_group_each_within_its_limit() -> None:
+    def main() -> dict[str, Any]:
+        @shoal.remote(concurrency_groups={"io": 2})
+        class Server:
+            def __init__(self) -> None:
+                self.is_open = False
+                self.running = 0
+                self.most = 0
+
+            @shoal.method(concurrency_group="io")
+            def wait_open(self) -> str:
+                self.running += 1
+                self.most = max(self.most, self.running)
+                while not self.is_open:
+                    api.sleep(0.1)
+                self.running -= 1
+                return "opened"
+
+            def open(self) -> str:  # the default group (max_concurrency 1)
+                self.is_open = True
+                return "open"
+
+            def most_at_once(self) -> int:
+                return self.most
+
+        server = Server.remote()
+        waits = [server.wait_open.remote() for _ in range(3)]
+        api.sleep(1.0)  # two io calls block; the third waits for room in "io"
+        out = {"open": shoal.get(server.open.remote(), timeout=10)}
+        out["waits"] = shoal.get(waits, timeout=10)
+        out["most"] = shoal.get(server.most_at_once.remote())
+        try:
+            Server.options(concurrency_groups={"io": 0}).remote()
+        except ValueError as error:
+            out["bad"] = "must be an integer >= 1" in str(error)
+        return out
+
+    result = Simulation(seed=6, nodes=1).run(main)
+    assert not result.violations, result.violations
+    assert result.value == {"open": "open", "waits": ["opened"] * 3, "most": 2, "bad": True}
