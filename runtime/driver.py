@@ -27,8 +27,8 @@ threads (``runtime/api/context.py`` has the threading contract):
   with no call after them.
 * ``get_objects``/``wait_objects`` first try to answer in the calling thread:
   values this process already holds inline (done, no error) are read from the
-  kernel's object table without a trip through trio (``_readable_kernel`` says
-  why that read is safe); anything else goes to the kernel as below.
+  kernel's object table without a trip through trio (``runtime/direct_reads.py``
+  says why that read is safe); anything else goes to the kernel as below.
 * ``get_objects``/``wait_objects``/``kv_call`` queue a request with a fresh
   ``call_id`` and wait on a ``threading.Event``, set by the trio thread when the
   kernel emits ``GetCompleted``/``WaitCompleted``/``CallCompleted`` for it.
@@ -89,6 +89,7 @@ from shoal.runtime.stream_context import ProdStreams  # streaming generators (is
 from shoal.kernel.core_worker.stream_protocol import StreamNextCompleted
 from shoal.runtime.api.exceptions import RaySystemError
 from shoal.runtime.direct_link import DirectLinks
+from shoal.runtime.direct_reads import LocalReads
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect
 from shoal.runtime.local_transport import (
     Connection,
@@ -314,30 +315,12 @@ class _Waiter:
         self.event.set()
 
 
-def _scan_ready(kernel: CoreWorker, refs: list[ObjectRefInfo], need: int) -> list[ObjectId] | None:
-    """The first ``need`` refs (in order) done with an inline value in ``kernel``, fewer if
-    fewer are; None if a stored value or an error comes first (the kernel must judge
-    those). Read from a user thread: see ``ProdWorkerContext._readable_kernel``."""
-    result_of = kernel.objects.result
-    ready: list[ObjectId] = []
-    for info in refs:
-        result = result_of(info.object_id)
-        if result is None:
-            continue  # pending: not ready for the kernel either
-        if result.stored or result.error is not None:
-            return None
-        ready.append(info.object_id)
-        if len(ready) == need:
-            break
-    return ready
-
-
 def _timeout_ns(timeout_s: float | None) -> int | None:
     return None if timeout_s is None else max(0, int(timeout_s * 1e9))
 
 
 class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupContext,
-                        ProdStreams):
+                        ProdStreams, LocalReads):
     """The ``WorkerContext`` (and ``ActorContext``) of a driver or worker process (see the
     module docstring)."""
 
@@ -363,13 +346,7 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         self._refused: dict[TaskId, str] = {}  # actor calls refused as submitted
         self._expected: dict[TaskId, BaseException | None] = {}  # handed over, not begun yet
         self._objects: ProcessObjects | None = None
-        self.fast_gets = 0  # calls answered without the trio thread (introspection)
-        self.fast_waits = 0
-        self.polled_waits = 0
-        self._progress = threading.Condition(threading.Lock())  # notified after each round
-        self._progress_waiters = 0
-        self._rounds = 0
-        runtime.round_hooks.append(self._after_round)
+        self._init_local_reads(runtime)
         runtime.periodic.append(self.flush_refs)
         runtime.periodic.append(self._flush_objects)
 
@@ -507,7 +484,7 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
     # --- blocking calls ------------------------------------------------------------
 
     def get_objects(self, refs: list[ObjectRefInfo], timeout_s: float | None) -> list[ObjectResult]:
-        ready = self._ready_inline(refs)
+        ready = self.ready_inline(refs)
         if ready is not None:
             return ready  # every value is already in this process: no trip through trio
         waiter = self._new_waiter()
@@ -518,9 +495,9 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
 
     def wait_objects(self, refs: list[ObjectRefInfo], num_returns: int,
                      timeout_s: float | None, fetch_local: bool) -> list[ObjectId]:
-        ready = self._first_ready(refs, num_returns)
-        if ready is None and timeout_s is None and self._may_wait_here(refs):
-            ready = self._wait_here(refs, num_returns)
+        ready = self.first_ready(refs, num_returns)
+        if ready is None and timeout_s is None and self.may_wait_here(refs):
+            ready = self.wait_here(refs, num_returns)
         if ready is not None:
             return ready
         waiter = self._new_waiter()
@@ -528,90 +505,6 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
                                  num_returns=num_returns, timeout_ns=_timeout_ns(timeout_s),
                                  fetch_local=fetch_local))
         return list(self._block(waiter))
-
-    def _readable_kernel(self) -> CoreWorker | None:
-        """The kernel, if a user thread may read finished values from it right now.
-
-        Why reading another thread's kernel is safe here: the fast paths only trust an
-        inline value that is done without error. Such a value never changes (objects
-        are immutable; only stored objects go back to pending, for reconstruction), and
-        its row cannot be freed while the caller holds a ref to it. A dict lookup and
-        attribute reads are atomic under the GIL; anything else is a miss, and the call
-        takes the kernel's path. A task thread with an interrupt pending also does.
-        """
-        if self._lost or (self._interrupts and threading.get_ident() in self._interrupts):
-            return None
-        return self._runtime.kernel
-
-    def _ready_inline(self, refs: list[ObjectRefInfo]) -> list[ObjectResult] | None:
-        """``get``'s answer if every ref is done with an inline value here, else None."""
-        kernel = self._readable_kernel()
-        if kernel is None or not refs:
-            return None
-        result_of = kernel.objects.result
-        results: list[ObjectResult] = []
-        for info in refs:
-            result = result_of(info.object_id)
-            if result is None or result.stored or result.error is not None or result.value is None:
-                return None
-            results.append(result)
-        self.fast_gets += 1
-        return results
-
-    def _first_ready(self, refs: list[ObjectRefInfo], num_returns: int) -> list[ObjectId] | None:
-        """``wait``'s answer (the first ``num_returns`` done refs, in the order given) when
-        that many are done with inline values here before any ref the kernel must judge
-        (stored values, errors); else None."""
-        kernel = self._readable_kernel()
-        need = min(num_returns, len(refs))
-        if kernel is None or need <= 0:
-            return None
-        ready = _scan_ready(kernel, refs, need)
-        if ready is None or len(ready) < need:
-            return None
-        self.fast_waits += 1
-        return ready
-
-    def _may_wait_here(self, refs: list[ObjectRefInfo]) -> bool:
-        """Whether ``wait`` may poll in the calling thread: not a task thread (whose
-        waits can be interrupted), and every ref owned here (nothing to fetch)."""
-        me = self.address
-        return threading.get_ident() not in self._running and all(
-            info.owner == me for info in refs)
-
-    def _wait_here(self, refs: list[ObjectRefInfo], num_returns: int) -> list[ObjectId] | None:
-        """Waits in the calling thread until ``num_returns`` refs are done inline here,
-        rescanning after each round of the kernel loop (which is what can complete one),
-        instead of registering a call on every ref in the kernel and unpinning them all
-        when it ends. None when the kernel must judge (a stored value, an error) or the
-        cluster is lost: the caller then takes the kernel's path."""
-        need = min(num_returns, len(refs))
-        progress = self._progress
-        with progress:
-            self._progress_waiters += 1
-        try:
-            while (kernel := self._readable_kernel()) is not None and need > 0:
-                seen = self._rounds
-                ready = _scan_ready(kernel, refs, need)
-                if ready is None:
-                    return None
-                if len(ready) >= need:
-                    self.polled_waits += 1
-                    return ready
-                with progress:
-                    while self._rounds == seen and not self._lost:
-                        progress.wait()
-            return None
-        finally:
-            with progress:
-                self._progress_waiters -= 1
-
-    def _after_round(self) -> None:
-        """The kernel loop ran a round: wake the threads polling in ``_wait_here``."""
-        self._rounds += 1
-        if self._progress_waiters:
-            with self._progress:
-                self._progress.notify_all()
 
     def kv_call(self, request: KvRequest) -> Any:
         """One internal-KV request through this process's GCS client; blocks."""
@@ -654,6 +547,8 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
         with self._lock:
             waiter = self._waiters.pop(getattr(effect, "call_id", -1), None)
         if waiter is None:
+            if isinstance(effect, StreamNextCompleted) and effect.ref is not None:
+                self.ref_removed(effect.ref)  # its caller gave up: nobody adopts the count
             return
         match effect:
             case GetCompleted():
@@ -707,8 +602,7 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
             self._lost = reason
             waiters, self._waiters = list(self._waiters.values()), {}
             objects = self._objects
-        with self._progress:
-            self._progress.notify_all()  # pollers see _lost and take the kernel's path
+        self.wake_pollers()
         for waiter in waiters:
             waiter.resolve(error=RaySystemError(f"lost the cluster: {reason}"))
         if objects is not None:

@@ -14,6 +14,9 @@ built on its plumbing:
 * ``stream_next_future`` (``async for``): the same with a waiter that completes
   a ``concurrent.futures.Future`` instead of waking a thread, so the awaiting
   event loop keeps running.
+* An item answered to a caller that gave up meanwhile (its blocked thread was
+  interrupted, its awaiting task cancelled) comes with a count nobody adopts:
+  it is given back (``ref_removed``), so the item does not leak.
 * ``report_stream_item`` (a worker's task thread, per yielded value): a value
   above the inline limit is sealed in the node's shared-memory store first
   (``ProcessObjects.store_result``, as for returns; one that cannot be stored
@@ -24,6 +27,7 @@ built on its plumbing:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -45,18 +49,22 @@ if TYPE_CHECKING:
 class _StreamFutureWaiter:
     """A waiter of the context's table that completes a future with the item's ref."""
 
-    __slots__ = ("call_id", "future", "timeout_s")
+    __slots__ = ("call_id", "future", "give_back", "timeout_s")
 
-    def __init__(self, call_id: int, timeout_s: float | None) -> None:
+    def __init__(self, call_id: int, timeout_s: float | None,
+                 give_back: Callable[[ObjectRefInfo], None]) -> None:
         self.call_id = call_id
         self.timeout_s = timeout_s
+        self.give_back = give_back  # releases the count of an item nobody will adopt
         self.future: Future[ObjectRefInfo | None] = Future()
 
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
         """The kernel answered (``value``: the ``StreamNextCompleted``) or the call
         failed (``error``). Trio thread (or the thread that saw the daemon go)."""
         if not self.future.set_running_or_notify_cancel():
-            return  # its consumer cancelled it (the item stays with the stream)
+            if isinstance(value, StreamNextCompleted) and value.ref is not None:
+                self.give_back(value.ref)  # its consumer cancelled it
+            return
         if error is not None:
             self.future.set_exception(error)
             return
@@ -86,6 +94,7 @@ class ProdStreams:
         def _check_alive(self) -> None: ...
         def _new_waiter(self) -> Any: ...
         def _block(self, waiter: Any) -> Any: ...
+        def ref_removed(self, ref: ObjectRefInfo) -> None: ...
 
     def stream_next(self, task_id: TaskId, index: int,
                     timeout_s: float | None) -> ObjectRefInfo | None:
@@ -96,7 +105,7 @@ class ProdStreams:
     def stream_next_future(self, task_id: TaskId, index: int,
                            timeout_s: float | None) -> Future[ObjectRefInfo | None]:
         self._check_alive()
-        waiter = _StreamFutureWaiter(next(self._call_ids), timeout_s)
+        waiter = _StreamFutureWaiter(next(self._call_ids), timeout_s, self.ref_removed)
         with self._lock:
             self._waiters[waiter.call_id] = waiter
         self._post(_request(waiter.call_id, task_id, index, timeout_s))

@@ -524,8 +524,8 @@ class Submitter:
     def reconstruct(self, object_id: ObjectId, now: Nanos) -> list[Msg] | None:
         """Re-runs the task that returned a lost object; None when it cannot be rebuilt."""
         task_id = producing_task(object_id)
-        if task_id is not None and task_id in self._tasks:
-            return []  # already running again
+        if task_id is not None and task_id in self._tasks and object_id in self._by_return:
+            return []  # already running again (a streaming task's lost item is not rebuilt)
         lineage = self._lineage.get(task_id) if task_id else None
         if lineage is None or lineage.retries_left == 0:
             return None

@@ -3,8 +3,10 @@
 A driver program written against the public API (``shoal.remote``, ``get``,
 ``put``, ``wait``, ``cancel``) runs on the simulated cluster: fan-out and
 fan-in, nested tasks that block in ``get``, values below and above the inline
-limit, refs passed between tasks, a failing task, and cancellations (one of a
-task blocked on children it submitted: a recursive cancel). The shape
+limit, refs passed between tasks, a failing task, cancellations (one of a
+task blocked on children it submitted: a recursive cancel), and streaming
+generator tasks (issue 5: items consumed as they come, one of them stored, and
+a generator dropped half consumed, whose items must not outlive it). The shape
 (widths, depths, sizes) is drawn from the seed.
 
 Checked:
@@ -101,8 +103,16 @@ def _define_functions() -> SimpleNamespace:
         # Its children sleep far past the run's end: only a recursive cancel ends them.
         return list(shoal.get([sleepy.remote(seconds) for _ in range(2)]))
 
+    @shoal.remote(max_retries=-1)
+    def squares(n: int, blob_bytes: int) -> Any:
+        for i in range(n):
+            api.sleep(0.01)
+            yield i * i
+        yield b"z" * blob_bytes  # an item above the inline limit: stored
+
     return SimpleNamespace(square=square, total=total, nested=nested, size_of=size_of,
-                           make_blob=make_blob, fails=fails, sleepy=sleepy, spawner=spawner)
+                           make_blob=make_blob, fails=fails, sleepy=sleepy, spawner=spawner,
+                           squares=squares)
 
 
 def _one_round(f: SimpleNamespace, shape: _Shape) -> None:
@@ -121,6 +131,8 @@ def _one_round(f: SimpleNamespace, shape: _Shape) -> None:
     small = shoal.put(b"y" * 10)
     assert shoal.get(f.size_of.remote(small)) == 10, "put object passed by ref"
     assert len(shoal.get(blob_ref)) == shape.big_bytes
+
+    _stream_round(f, shape)
 
     ready, not_ready = shoal.wait(refs, num_returns=width // 2 + 1)
     assert len(ready) == width // 2 + 1 and len(ready) + len(not_ready) == width
@@ -153,6 +165,18 @@ def _one_round(f: SimpleNamespace, shape: _Shape) -> None:
         raise AssertionError(f"a cancelled task returned {outcome!r}")
     except exceptions.TaskCancelledError:
         pass
+
+
+def _stream_round(f: SimpleNamespace, shape: _Shape) -> None:
+    import shoal
+
+    count = shape.width // 4 + 1
+    items = [shoal.get(ref) for ref in f.squares.remote(count, shape.big_bytes)]
+    assert items[:-1] == [i * i for i in range(count)], f"streamed items: {items[:-1]}"
+    assert items[-1] == b"z" * shape.big_bytes, "the stored streamed item"
+    dropped = f.squares.remote(count, 10)
+    assert shoal.get(next(dropped)) == 0, "first streamed item"
+    del dropped  # half consumed: the rest must be released (checked at quiescence)
 
 
 class TasksWorkload(ProgramWorkload):

@@ -269,3 +269,18 @@ def test_stream_messages_cross_the_wire() -> None:
     for msg in (item(3), StreamItemAck(task_id="t1", attempt=2, index=3), done(4)):
         envelope = Envelope(src=WORKER, dst=DRIVER, msg=msg)
         assert decode(encode(envelope)) == envelope
+
+
+def test_a_lost_stored_item_of_a_running_stream_fails_as_lost() -> None:
+    from shoal.kernel.raylet.object_protocol import ObjectLocationRemoved
+
+    core = owner_with_pushed_stream()
+    stored = ObjectResult(object_id=stream_item_id("t1", 0), value=Payload(data=b""),
+                          stored=True, locations=("n0",), size=200_000)
+    core.handle(Received(src=WORKER, msg=StreamItem(task_id="t1", attempt=0, index=0,
+                                                    result=stored)), now=1)
+    core.handle(Received(src=RAYLET, msg=ObjectLocationRemoved(
+        object_id=stream_item_id("t1", 0), node_id="n0")), now=2)
+    error = core.objects.result(stream_item_id("t1", 0)).error  # type: ignore[union-attr]
+    assert error is not None and error.kind == "object_lost"
+    assert core.submitter.is_pending("t1"), "the stream goes on"
