@@ -174,14 +174,17 @@ class CoreWorker:
 
     def handle(self, event: CoreWorkerInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the core worker and returns the effects, in order."""
-        running = self.executor.running_task_id is not None or self.actor_host.running_calls > 0
-        self.objects.defer_releases = running  # see objects.py: borrower forwarding
+        self.objects.defer_releases = self._runs_user_code()  # objects.py: borrower forwarding
         effects = self._dispatch(event, now)
+        self.objects.defer_releases = self._runs_user_code()
         if isinstance(event, TaskExecuted | ActorTaskExecuted) or (
-                not running and self.objects.has_deferred):
+                not self.objects.defer_releases and self.objects.has_deferred):
             effects += self.objects.release_deferred()  # its results were handed off
         effects += self._announce_completions(now)
         return effects + self.submitter.settle(now) + self.actors.settle(now)
+
+    def _runs_user_code(self) -> bool:
+        return self.executor.running_task_id is not None or self.actor_host.running_calls > 0
 
     def _dispatch(self, event: CoreWorkerInput, now: Nanos) -> list[Msg]:
         match event:
