@@ -213,21 +213,24 @@ class DirectLinks:
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 stream = await trio.open_unix_socket(path)
-                framed = FramedStream(stream, self._limits.frame_bytes_max)
-                try:
-                    await framed.send(_encoder.encode(hello))
-                    frame = await framed.receive()
-                except BaseException:
-                    await stream.aclose()
-                    raise
+        except (OSError, trio.TooSlowError) as exc:
+            self._connect_failed(link, f"cannot connect: {exc!r}")
+            return
+        framed = FramedStream(stream, self._limits.frame_bytes_max)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                await framed.send(_encoder.encode(hello))
+                frame = await framed.receive()
             reply = _reply_decoder.decode(frame) if frame is not None else None
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError,
                 msgspec.DecodeError) as exc:
-            self._connect_failed(link, f"cannot connect: {exc!r}")
-            return
+            reply, problem = None, f"handshake failed: {exc!r}"
+        else:
+            problem = "closed at hello" if reply is None else reply.reason
         if reply is None or not reply.ok:
-            await stream.aclose()
-            self._connect_failed(link, reply.reason if reply else "closed at hello")
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            self._connect_failed(link, problem)
             return
         link.hold_until = reply.relayed
         await self._run(link, Connection(framed, link.peer, self._limits, self._log,
