@@ -63,6 +63,8 @@ from shoal.kernel.core_worker.arguments import arg_value, resolve_args
 from shoal.kernel.core_worker.executor import hand_off_results
 from shoal.kernel.core_worker.objects import ObjectTable
 from shoal.kernel.core_worker.protocol import LocalObject, ObjectError, ObjectResult
+from shoal.kernel.core_worker.stream_protocol import StreamItemAck, StreamItemProduced
+from shoal.kernel.core_worker.streams import StreamOutbox
 from shoal.kernel.errors import InvariantViolation
 from shoal.kernel.gcs.actor_protocol import (
     ActorCreated,
@@ -100,6 +102,8 @@ class _Run:
     counted: list[ObjectRefInfo] = field(default_factory=list)
     error: ObjectError | None = None
     started: bool = False
+    outbox: StreamOutbox | None = None  # a generator method's items in flight (issue 5)
+    final: ActorTaskExecuted | None = None  # its report, answered once every item is acked
 
 
 @dataclass(slots=True, eq=False)
@@ -125,6 +129,7 @@ class ActorHost:
         self._sessions: OrderedDict[tuple[Address, str], _Session] = OrderedDict()
         self._ready: dict[str, deque[_Run]] = {}  # per concurrency group ("": default)
         self._running: dict[TaskId, _Run] = {}
+        self._flushing: dict[TaskId, _Run] = {}  # ran; items not all acked yet (issue 5)
         self._running_in: dict[str, int] = {}  # calls running per concurrency group
         self._is_async = False  # the host runs calls as coroutines (it can interrupt them)
         self.executed = 0
@@ -289,6 +294,9 @@ class ActorHost:
                     ObjectResult(object_id=oid, error=run.error) for oid in run.spec.return_ids))
                 continue
             run.started = True
+            if run.spec.streaming:
+                run.outbox = StreamOutbox(owner=run.caller, task_id=run.spec.task_id,
+                                          attempt=run.spec.attempt)
             self._running[run.spec.task_id] = run
             self._running_in[group] = self._running_in.get(group, 0) + 1
             effects.append(ExecuteActorTask(actor_id=self.spec.actor_id, spec=run.spec,
@@ -314,16 +322,57 @@ class ActorHost:
         effects += [
             Send(dst=raylet, msg=PinObject(object_id=r.object_id, owner=run.caller, size=r.size))
             for r in msg.results if getattr(r, "stored", False) and r.error is None]
-        effects += self._answer(run, msg.results, msg.borrowed, msg.retryable_error)
+        if run.outbox is not None and not run.outbox.drained:
+            run.final = msg  # answered once the caller has every item
+            self._flushing[msg.task_id] = run
+            return effects + self._start_ready()
+        effects += self._answer(run, msg.results, msg.borrowed, msg.retryable_error,
+                                msg.stream_count)
         return effects + self._start_ready()
 
+    # --- generator methods (issue 5, streams.py) -----------------------------------
+
+    def _streaming_run(self, task_id: TaskId, attempt: int) -> _Run | None:
+        run = self._running.get(task_id) or self._flushing.get(task_id)
+        if run is None or run.outbox is None or run.spec.attempt != attempt:
+            return None
+        return run
+
+    def on_stream_item(self, msg: StreamItemProduced, now: Nanos) -> list[Msg]:
+        run = self._streaming_run(msg.task_id, msg.attempt)
+        if run is None or run.outbox is None or msg.task_id not in self._running:
+            return []  # not a call running here: stale
+        effects = hand_off_results(self._objects, (msg.result,), run.caller, msg.task_id, now)
+        if msg.result.stored and msg.result.error is None:
+            raylet = Address(node=self._me.node, component="raylet")
+            effects.append(Send(dst=raylet, msg=PinObject(
+                object_id=msg.result.object_id, owner=run.caller, size=msg.result.size)))
+        return effects + run.outbox.send(msg, now)
+
+    def on_stream_ack(self, msg: StreamItemAck) -> list[Msg]:
+        run = self._streaming_run(msg.task_id, msg.attempt)
+        if run is None or run.outbox is None:
+            return []  # a duplicate ack, or of a call that ended
+        effects = run.outbox.ack(msg.index)
+        final = run.final
+        if final is not None and run.outbox.drained:
+            del self._flushing[msg.task_id]
+            effects += self._answer(run, final.results, final.borrowed, final.retryable_error,
+                                    final.stream_count)
+        return effects
+
+    def on_stream_timer(self, task_id: TaskId, now: Nanos) -> list[Msg]:
+        run = self._running.get(task_id) or self._flushing.get(task_id)
+        return run.outbox.on_timer(now) if run is not None and run.outbox is not None else []
+
     def _answer(self, run: _Run, results: tuple[ObjectResult, ...],
-                borrowed: tuple[ObjectRefInfo, ...] = (), retryable: bool = False) -> list[Msg]:
+                borrowed: tuple[ObjectRefInfo, ...] = (), retryable: bool = False,
+                stream_count: int = 0) -> list[Msg]:
         assert self.spec is not None
         self.executed += 1
         done = ActorTaskDone(actor_id=self.spec.actor_id, task_id=run.spec.task_id,
                              attempt=run.spec.attempt, results=results, borrowed=borrowed,
-                             retryable_error=retryable)
+                             retryable_error=retryable, stream_count=stream_count)
         session = self._sessions.get(run.session)
         if session is not None:
             session.answers[run.seq] = done

@@ -87,6 +87,7 @@ class ActorTaskDone(Msg):
     results: tuple[ObjectResult, ...]
     borrowed: tuple[ObjectRefInfo, ...] = ()
     retryable_error: bool = False  # the method raised an exception its spec retries
+    stream_count: Count = 0  # a streaming call: the items it yielded (streams.py)
 
 
 class ActorTaskRejected(Msg):
@@ -145,6 +146,7 @@ class ActorTaskExecuted(Msg):
     results: tuple[ObjectResult, ...]
     borrowed: tuple[ObjectRefInfo, ...] = ()
     retryable_error: bool = False  # as ``TaskExecuted.retryable_error``
+    stream_count: Count = 0  # as ``TaskExecuted.stream_count``
 
 
 # --- host effects ----------------------------------------------------------------

@@ -83,6 +83,7 @@ from shoal.kernel.core_worker.actor_protocol import (
 )
 from shoal.kernel.core_worker.objects import ObjectTable
 from shoal.kernel.core_worker.protocol import ObjectError, ObjectResult
+from shoal.kernel.core_worker.streams import StreamTable
 from shoal.kernel.errors import InvariantViolation
 from shoal.kernel.gcs.actor_protocol import (
     ActorDeathCause,
@@ -165,8 +166,9 @@ class ActorCaller:
     """Actors this process calls or owns. A sub-machine of ``CoreWorker``."""
 
     def __init__(self, me: Address, gcs: Address, objects: ObjectTable,
-                 config: ActorCallerConfig) -> None:
+                 config: ActorCallerConfig, streams: StreamTable | None = None) -> None:
         self._me = me
+        self._streams = streams or StreamTable(me, objects)  # generator methods (issue 5)
         self._gcs = gcs
         self._objects = objects
         self._config = config
@@ -450,7 +452,7 @@ class ActorCaller:
                 if inner.owner == src:
                     self._objects.ensure(inner)
                     self._objects.mark_registered_borrower(inner.object_id)
-        return effects + self._finish(msg.task_id, msg.results, None)
+        return effects + self._finish(msg.task_id, msg.results, None, msg.stream_count)
 
     def _retry_call(self, entry: _Actor, call: _Call, now: Nanos) -> list[Msg]:
         """The method raised an exception its spec retries: run the call again (new seq)."""
@@ -481,10 +483,14 @@ class ActorCaller:
         return self._push(self._actors[actor_id], call, now)
 
     def _finish(self, task_id: TaskId, results: tuple[ObjectResult, ...] | None,
-                error: ObjectError | None) -> list[Msg]:
+                error: ObjectError | None, stream_count: int | None = None) -> list[Msg]:
         actor_id, call = self._calls.pop(task_id)
         entry = self._actors.get(actor_id)
         effects: list[Msg] = [CancelTimer(key=f"{_PUSH_TIMER}{task_id}")]
+        if call.spec.streaming:  # the end of its stream, before its head completes
+            head = results[0] if results else ObjectResult(
+                object_id=call.spec.return_ids[0], error=error)
+            effects += self._streams.on_task_finished(task_id, head, stream_count)
         if entry is not None:
             if call.seq >= 0:
                 entry.inflight.pop(call.seq, None)

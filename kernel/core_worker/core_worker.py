@@ -164,7 +164,8 @@ class CoreWorker:
                                    self.streams)
         self.executor = Executor(address, self.objects)
         self.gcs_client = GcsClient(gcs, self.config.gcs_client)
-        self.actors = ActorCaller(address, gcs, self.objects, self.config.actors)
+        self.actors = ActorCaller(address, gcs, self.objects, self.config.actors,
+                                  self.streams)
         self.actor_host = ActorHost(address, self.objects)
         # Recursive cancel: tasks/calls submitted by each task running here, in order.
         self._children: dict[TaskId, dict[TaskId, None]] = {}
@@ -220,6 +221,8 @@ class CoreWorker:
             case ActorCreationRequested():
                 return self.actors.on_create(event, now)
             case ActorCallSubmitted():
+                if event.spec.streaming:  # a generator method (issue 5)
+                    self.streams.open(event.spec.task_id)
                 return self.actors.submit(event, now) + self._adopt_child(event.spec.task_id, now)
             case ActorLookupRequested():
                 return self.actors.on_lookup(event, now)
@@ -229,8 +232,9 @@ class CoreWorker:
                 return self.actor_host.on_instance_created(event)
             case ActorTaskExecuted():
                 return self.actor_host.on_executed(event, now)
-            case StreamItemProduced():  # streaming generators (issue 5)
-                return self.executor.on_stream_item(event, now)
+            case StreamItemProduced():  # streaming generators (issue 5): task or actor call
+                return (self.executor.on_stream_item(event, now)
+                        + self.actor_host.on_stream_item(event, now))
             case StreamNextRequested():
                 return self.streams.on_next(event, now)
         return []
@@ -347,7 +351,7 @@ class CoreWorker:
             case StreamItem():  # streaming generators (issue 5)
                 return self.streams.on_item(src, msg)
             case StreamItemAck():
-                return self.executor.on_stream_ack(msg, now)
+                return self.executor.on_stream_ack(msg, now) + self.actor_host.on_stream_ack(msg)
             case NodeTableUpdate():
                 return self._on_node_table(msg, now)
             # --- actors (issue #4) ---
@@ -425,7 +429,9 @@ class CoreWorker:
         if key.startswith(NEXT_TIMER_PREFIX):  # streaming generators (issue 5)
             return self.streams.on_timer(int(key[len(NEXT_TIMER_PREFIX):]))
         if key.startswith(RESEND_TIMER_PREFIX):
-            return self.executor.on_stream_timer(TaskId(key[len(RESEND_TIMER_PREFIX):]), now)
+            task_id = TaskId(key[len(RESEND_TIMER_PREFIX):])
+            return (self.executor.on_stream_timer(task_id, now)
+                    + self.actor_host.on_stream_timer(task_id, now))
         if key.startswith(ACTOR_TIMER_PREFIX):  # actors (issue #4)
             return self.actors.on_timer(key, now)
         return []

@@ -65,6 +65,7 @@ class MethodMeta(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     retry_exception_allowlist: bytes = b""  # pickled exception classes, opaque to kernels
     max_task_retries: RetryCount | None = None
     concurrency_group: str = ""  # ``@method(concurrency_group=...)``; "": the default
+    streaming: bool = False  # a generator method: calls return an ObjectRefGenerator (issue 5)
 
 
 class ActorSpec(msgspec.Struct, frozen=True, kw_only=True):

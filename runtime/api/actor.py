@@ -92,10 +92,15 @@ def _methods_of(cls: type) -> tuple[MethodMeta, ...]:
     for name, member in inspect.getmembers(cls, predicate=inspect.isfunction):
         if name.startswith("__") and name != "__call__":
             continue
-        num_returns = getattr(member, "__ray_num_returns__", 1)
+        num_returns = getattr(member, "__ray_num_returns__", None)
+        # A generator method streams unless given an integer num_returns (issue 5).
+        streaming = num_returns == "streaming" or (
+            num_returns is None and inspect.isgeneratorfunction(member))
+        num_returns = 1 if streaming or num_returns is None else num_returns
         opts = getattr(member, "__shoal_method_options__", {})  # retry options (api.method)
         retry, allowlist = _retry_fields(opts.get("retry_exceptions", False), f"method {name}")
-        metas.append(MethodMeta(name=name, num_returns=int(num_returns), retry_exceptions=retry,
+        metas.append(MethodMeta(name=name, num_returns=int(num_returns), streaming=streaming,
+                                retry_exceptions=retry,
                                 retry_exception_allowlist=allowlist,
                                 max_task_retries=opts.get("max_task_retries"),
                                 concurrency_group=opts.get("concurrency_group") or ""))
@@ -304,16 +309,19 @@ class ActorMethod:
             if key not in _METHOD_CALL_OPTIONS:
                 raise ValueError(f"Invalid option keyword {key} for an actor method. Valid "
                                  f"ones are {list(_METHOD_CALL_OPTIONS)}.")
-            if key == "num_returns" and (isinstance(value, bool) or not isinstance(value, int)
-                                         or value < 0):
-                raise ValueError(f"num_returns must be a non-negative integer, got {value!r}")
+            if key == "num_returns" and value != "streaming" and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"num_returns must be a non-negative integer or 'streaming', "
+                                 f"got {value!r}")
         return ActorMethod(self._handle, self._meta, {**self._options, **options})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submits one call; returns its ``ObjectRef``, a list of them, or None."""
         ctx = get_context()
         info = self._handle._info
-        num_returns = int(self._options.get("num_returns", self._meta.num_returns))
+        wanted = self._options.get("num_returns")
+        streaming = wanted == "streaming" or (wanted is None and self._meta.streaming)
+        num_returns = 1 if streaming else int(self._meta.num_returns if wanted is None else wanted)
         meta = self._meta
         retries = int(self._options.get("max_task_retries", info.max_task_retries
                                         if meta.max_task_retries is None else meta.max_task_retries))
@@ -333,11 +341,15 @@ class ActorMethod:
             num_returns=num_returns, resources={}, max_retries=retries,
             retry_exceptions=retry_exc, retry_exception_allowlist=allowlist,
             concurrency_group=str(self._options.get("concurrency_group", meta.concurrency_group)),
-            depth=(parent.depth + 1) if parent is not None else 1)
+            depth=(parent.depth + 1) if parent is not None else 1, streaming=streaming)
         refs = [ObjectRef(object_id, ctx.address) for object_id in spec.return_ids]
         _note_actor_call_refs(refs)  # cancel refuses force=True for them
         _actors(ctx).submit_actor_task(info.actor_id, spec, retries, info.max_pending_calls)
         del keep_alive
+        if streaming:
+            from shoal.runtime.api.generator import ObjectRefGenerator  # issue 5
+
+            return ObjectRefGenerator(refs[0], ctx)
         if num_returns == 1:
             return refs[0]
         return refs if refs else None
@@ -381,7 +393,8 @@ def execute_method(instance: Any, actor_id: ActorId, spec: TaskSpec, args: tuple
     executed = execute(spec, args, b"", ctx, target=_method(instance, actor_id, spec))
     return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
                              attempt=executed.attempt, results=executed.results,
-                             borrowed=executed.borrowed, retryable_error=executed.retryable_error)
+                             borrowed=executed.borrowed, retryable_error=executed.retryable_error,
+                             stream_count=executed.stream_count)
 
 
 async def execute_method_async(instance: Any, actor_id: ActorId, spec: TaskSpec,
@@ -392,6 +405,8 @@ async def execute_method_async(instance: Any, actor_id: ActorId, spec: TaskSpec,
     A coroutine method is awaited (other calls run meanwhile); a sync method runs
     at once, on the loop's thread, as in Ray. The report is ``execute_method``'s.
     """
+    if spec.streaming:  # a sync generator method runs on the loop's thread, as in Ray
+        return execute_method(instance, actor_id, spec, args, ctx)
     executed = await execute_async(spec, args, ctx, target=_method(instance, actor_id, spec))
     return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
                              attempt=executed.attempt, results=executed.results,

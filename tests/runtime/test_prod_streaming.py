@@ -171,3 +171,20 @@ def test_consumer_timeout(cluster: None, tmp_path: Path) -> None:
         gen._next_sync(timeout_s=0.2)
     Path(gate).touch()
     assert [shoal.get(ref) for ref in gen] == [1, 2]
+
+
+@shoal.remote
+class Producer:
+    def numbers(self, count: int) -> Iterator[int]:
+        yield from range(count)
+
+    def arrays(self, count: int) -> Iterator[np.ndarray]:
+        for i in range(count):
+            yield np.full(1 << 18, i, dtype=np.float32)
+
+
+def test_actor_generator_methods_stream(cluster: None) -> None:
+    producer = Producer.remote()
+    assert [shoal.get(ref) for ref in producer.numbers.remote(4)] == [0, 1, 2, 3]
+    assert [float(shoal.get(ref)[7]) for ref in producer.arrays.remote(3)] == [0.0, 1.0, 2.0]
+    shoal.kill(producer)

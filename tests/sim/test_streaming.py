@@ -264,3 +264,64 @@ def test_cancel_a_generator_ends_its_stream_with_the_cancel() -> None:
     assert not result.violations, result.violations
     seen, outcome = result.value
     assert outcome == "cancelled" and seen == list(range(len(seen)))
+
+
+def test_actor_generator_methods_stream() -> None:
+    def main() -> tuple[list[int], list[int], list[int], str]:
+        @shoal.remote
+        class Source:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def numbers(self, n: int) -> object:
+                self.calls += 1
+                for i in range(n):
+                    api.sleep(0.1)
+                    yield i + 100 * self.calls
+
+            @shoal.method(num_returns=2)
+            def pair(self) -> object:
+                yield 1
+                yield 2
+
+            def failing(self) -> object:
+                yield 7
+                raise RuntimeError("actor boom")
+
+        source = Source.remote()
+        first = [shoal.get(ref) for ref in source.numbers.remote(3)]
+        second = [shoal.get(ref) for ref in source.numbers.remote(2)]
+        pair = shoal.get(source.pair.remote())
+        refs = list(source.failing.remote())
+        assert shoal.get(refs[0]) == 7
+        try:
+            shoal.get(refs[1])
+            message = "no error"
+        except RuntimeError as error:
+            message = str(error)
+        return first, second, pair, message
+
+    result = Simulation(seed=11, nodes=2).run(main)
+    assert not result.violations, result.violations
+    first, second, pair, message = result.value
+    assert first == [100, 101, 102] and second == [200, 201] and pair == [1, 2]
+    assert "actor boom" in message
+
+
+def test_async_actor_sync_generator_method_streams() -> None:
+    def main() -> list[int]:
+        @shoal.remote
+        class Mixed:
+            async def ping(self) -> str:
+                return "pong"
+
+            def numbers(self, n: int) -> object:
+                yield from range(n)
+
+        actor = Mixed.remote()
+        assert shoal.get(actor.ping.remote()) == "pong"
+        return [shoal.get(ref) for ref in actor.numbers.remote(3)]
+
+    result = Simulation(seed=12, nodes=1).run(main)
+    assert not result.violations, result.violations
+    assert result.value == [0, 1, 2]
