@@ -284,3 +284,36 @@ def test_a_lost_stored_item_of_a_running_stream_fails_as_lost() -> None:
     error = core.objects.result(stream_item_id("t1", 0)).error  # type: ignore[union-attr]
     assert error is not None and error.kind == "object_lost"
     assert core.submitter.is_pending("t1"), "the stream goes on"
+
+
+# --- actor generator methods --------------------------------------------------------
+
+
+def test_actor_host_streams_items_and_answers_after_the_last_ack() -> None:
+    from shoal.kernel.core_worker.actor_protocol import (
+        ActorInstanceCreated,
+        ActorTaskAck,
+        ActorTaskDone,
+        ActorTaskExecuted,
+        ExecuteActorTask,
+    )
+    from tests.kernel.test_actor_submission import A1, hosting, push
+
+    core = hosting()
+    core.handle(ActorInstanceCreated(actor_id=A1, num_restarts=0), now=2)
+    spec = TaskSpec(task_id="t1", job_id="j", name="C.f", owner=DRIVER, function_id="f",
+                    args=(), resources={}, max_retries=0, streaming=True)
+    assert core.handle(Received(src=DRIVER, msg=push(spec, 0)), now=3) == [
+        Send(dst=DRIVER, msg=ActorTaskAck(task_id="t1", attempt=0)),
+        ExecuteActorTask(actor_id=A1, spec=spec, args=())]
+    assert core.handle(produced(0), now=4) == [
+        Send(dst=DRIVER, msg=item(0)), SetTimer(key="stream.resend.t1", at_ns=4 + S)]
+    head = done(1).results
+    assert core.handle(ActorTaskExecuted(actor_id=A1, task_id="t1", attempt=0, results=head,
+                                         stream_count=1), now=5) == []
+    answer = ActorTaskDone(actor_id=A1, task_id="t1", attempt=0, results=head, stream_count=1)
+    assert core.handle(TimerFired(key="stream.resend.t1"), now=4 + S) == [
+        Send(dst=DRIVER, msg=item(0)), SetTimer(key="stream.resend.t1", at_ns=4 + 2 * S)]
+    assert core.handle(Received(src=DRIVER, msg=StreamItemAck(
+        task_id="t1", attempt=0, index=0)), now=5 + S) == [
+        CancelTimer(key="stream.resend.t1"), Send(dst=DRIVER, msg=answer)]
