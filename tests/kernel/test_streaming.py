@@ -297,6 +297,7 @@ def test_actor_host_streams_items_and_answers_after_the_last_ack() -> None:
         ActorTaskExecuted,
         ExecuteActorTask,
     )
+
     from tests.kernel.test_actor_submission import A1, hosting, push
 
     core = hosting()
