@@ -10,6 +10,9 @@
   pending ref changes.
 * ``stream_next_future`` (``async for``): blocks like ``stream_next`` and
   returns a done future, which is deterministic.
+* A consumer interrupted while it waits (its task was cancelled) abandons the
+  call: an item answered to it later comes with a count nobody adopts, which
+  ``give_back_abandoned`` returns, so the item does not leak.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class StreamContextMixin:
 
         def _inject(self, event: Msg) -> None: ...
         def _new_call(self) -> tuple[int, SimFuture]: ...
+        def ref_removed(self, ref: ObjectRefInfo) -> None: ...
+        def flush_refs(self) -> None: ...
+
+    _abandoned_streams: dict[int, None]
 
     def stream_next(self, task_id: TaskId, index: int,
                     timeout_s: float | None) -> ObjectRefInfo | None:
@@ -48,7 +55,11 @@ class StreamContextMixin:
         timeout_ns = None if timeout_s is None else max(0, int(timeout_s * 1e9))
         self._inject(StreamNextRequested(call_id=call_id, task_id=task_id, index=index,
                                          timeout_ns=timeout_ns))
-        answer: StreamNextCompleted = self._host.baton.block(future)
+        try:
+            answer: StreamNextCompleted = self._host.baton.block(future)
+        except BaseException:
+            self._abandoned().setdefault(call_id, None)  # interrupted (or its process died)
+            raise
         if answer.timed_out:
             from shoal.runtime.api.exceptions import GetTimeoutError
 
@@ -65,6 +76,23 @@ class StreamContextMixin:
         except Exception as error:  # noqa: BLE001 - the awaiting caller gets it
             future.set_exception(error)
         return future
+
+    def _abandoned(self) -> dict[int, None]:
+        if not hasattr(self, "_abandoned_streams"):
+            self._abandoned_streams = {}
+        return self._abandoned_streams
+
+    def give_back_abandoned(self, answer: StreamNextCompleted) -> bool:
+        """True if ``answer`` is for a call its consumer abandoned (its item's count,
+        if any, is given back to the core worker)."""
+        abandoned = self._abandoned()
+        if answer.call_id not in abandoned:
+            return False
+        del abandoned[answer.call_id]
+        if answer.ref is not None:
+            self.ref_removed(answer.ref)
+            self.flush_refs()
+        return True
 
     def report_stream_item(self, spec: TaskSpec, index: int, result: ObjectResult) -> None:
         stored = self._host._store_large(self.node_id, result)

@@ -483,7 +483,8 @@ class SimWorkerContext(ActorContextMixin, PlacementGroupContextMixin, StreamCont
         elif isinstance(effect, WaitCompleted):
             self._host.baton.resolve(future, value=effect.ready)
         elif isinstance(effect, StreamNextCompleted):  # streaming generators (issue 5)
-            self._host.baton.resolve(future, value=effect)
+            if not self.give_back_abandoned(effect):
+                self._host.baton.resolve(future, value=effect)
         elif isinstance(effect, CallCompleted):
             if effect.error:
                 self._host.baton.resolve(future, error=ValueError(effect.error))

@@ -325,3 +325,36 @@ def test_async_actor_sync_generator_method_streams() -> None:
     result = Simulation(seed=12, nodes=1).run(main)
     assert not result.violations, result.violations
     assert result.value == [0, 1, 2]
+
+
+def test_a_consumer_cancelled_while_waiting_for_an_item_leaks_nothing() -> None:
+    def main() -> tuple[str, list[str]]:
+        @shoal.remote
+        def slow(n: int) -> object:
+            for i in range(n):
+                api.sleep(1.0)
+                yield i
+
+        @shoal.remote
+        def consumer() -> int:
+            return sum(shoal.get(ref) for ref in slow.remote(5))
+
+        ref = consumer.remote()
+        api.sleep(1.5)  # the consumer waits in next() for item 1
+        shoal.cancel(ref, recursive=False)  # its producer runs on, its item 1 comes later
+        try:
+            shoal.get(ref)
+            outcome = "finished"
+        except exceptions.TaskCancelledError:
+            outcome = "cancelled"
+        api.sleep(10.0)  # the producer ends; its stream is let go
+        ctx = get_context()
+        held = [f"{address}: {core.objects.owned_ids()}"
+                for address, core in ctx.host.core_workers()  # type: ignore[attr-defined]
+                if address.component == "worker" and len(core.objects)]
+        return outcome, held
+
+    result = Simulation(seed=13, nodes=2).run(main)
+    assert not result.violations, result.violations
+    outcome, held = result.value
+    assert outcome == "cancelled" and held == [], held
