@@ -29,6 +29,7 @@ and the daemon falls back to starting workers with a plain ``exec``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -175,6 +176,11 @@ def fork_zygote(log: Any) -> tuple[int, socket.socket] | None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _close_fds_but(theirs.fileno())
             import shoal.runtime.worker  # noqa: F401  # once here, while the daemon goes on
+
+            # What every worker inherits is never garbage: keep the collector (and its
+            # writes to the objects' headers, which un-share their pages) off it.
+            gc.collect()
+            gc.freeze()
             serve(theirs.fileno())
             code = 0
         finally:
