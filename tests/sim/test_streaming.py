@@ -358,3 +358,18 @@ def test_a_consumer_cancelled_while_waiting_for_an_item_leaks_nothing() -> None:
     assert not result.violations, result.violations
     outcome, held = result.value
     assert outcome == "cancelled" and held == [], held
+
+
+def test_same_seed_same_trace_for_a_streaming_program() -> None:
+    def main() -> list[int]:
+        @shoal.remote
+        def numbers(n: int) -> object:
+            for i in range(n):
+                api.sleep(0.05)
+                yield i
+
+        return [shoal.get(ref) for ref in numbers.remote(6)]
+
+    runs = [Simulation(seed=14, nodes=3, faults="chaos").run(main) for _ in range(2)]
+    assert runs[0].value == runs[1].value == list(range(6))
+    assert runs[0].trace_hash == runs[1].trace_hash
