@@ -179,7 +179,6 @@ def fork_zygote(log: Any) -> tuple[int, socket.socket] | None:
 
             # What every worker inherits is never garbage: keep the collector (and its
             # writes to the objects' headers, which un-share their pages) off it.
-            gc.collect()
             gc.freeze()
             serve(theirs.fileno())
             code = 0
