@@ -202,9 +202,11 @@ def _run_streaming(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
                 "give it an integer num_returns")
         for value in outputs:
             payload = serialize(value, what=f"item {count} of generator task {spec.name}")
-            del value
             report(spec, count, ObjectResult(object_id=stream_item_id(spec.task_id, count),
                                              value=payload))
+            # Only now: refs in the value stay counted here until the kernel has the item
+            # (and has made its owner a borrower of those this worker owns).
+            del value
             count += 1
         head = ObjectResult(object_id=spec.return_ids[0], value=serialize(None))
         return (head,), False, count

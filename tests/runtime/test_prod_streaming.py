@@ -188,3 +188,18 @@ def test_actor_generator_methods_stream(cluster: None) -> None:
     assert [shoal.get(ref) for ref in producer.numbers.remote(4)] == [0, 1, 2, 3]
     assert [float(shoal.get(ref)[7]) for ref in producer.arrays.remote(3)] == [0.0, 1.0, 2.0]
     shoal.kill(producer)
+
+
+@shoal.remote
+def boxed_puts(count: int) -> Iterator[list[object]]:
+    for i in range(count):
+        yield [shoal.put(i)]  # a ref this worker owns, nested in the item
+
+
+def test_items_holding_refs_keep_them_alive(cluster: None) -> None:
+    inner = []
+    for ref in boxed_puts.remote(3):
+        inner += shoal.get(ref)
+        del ref
+    gc.collect()
+    assert shoal.get(inner) == [0, 1, 2]

@@ -373,3 +373,32 @@ def test_same_seed_same_trace_for_a_streaming_program() -> None:
     runs = [Simulation(seed=14, nodes=3, faults="chaos").run(main) for _ in range(2)]
     assert runs[0].value == runs[1].value == list(range(6))
     assert runs[0].trace_hash == runs[1].trace_hash
+
+
+def test_items_holding_refs_keep_them_alive() -> None:
+    def main() -> tuple[list[int], list[str]]:
+        @shoal.remote
+        def square(x: int) -> int:
+            return x * x
+
+        @shoal.remote
+        def boxes(n: int) -> object:
+            for i in range(n):
+                yield [shoal.put(i), square.remote(i)]  # refs this worker owns, nested
+
+        values = []
+        for ref in boxes.remote(3):
+            put_ref, task_ref = shoal.get(ref)
+            del ref
+            gc.collect()
+            api.sleep(1.0)  # the item itself may be gone: its nested refs must not be
+            values += [shoal.get(put_ref), shoal.get(task_ref)]
+        del put_ref, task_ref
+        gc.collect()
+        api.sleep(1.0)
+        return values, _owned_ids()
+
+    result = Simulation(seed=15, nodes=2, faults="lossy").run(main)
+    assert not result.violations, result.violations
+    values, owned = result.value
+    assert values == [0, 0, 1, 1, 2, 4] and owned == [], owned
