@@ -110,6 +110,7 @@ class WorkerHost:
     def _execute(self, item: ExecuteTask) -> None:
         ctx = self.ctx
         early = ctx.begin_task(item.spec)  # cancelled before it began: not run, cancelled
+        returned: list[object] = []  # the return values, alive until the kernel has them
         ctx.job_id = item.spec.job_id
         try:
             try:
@@ -118,13 +119,15 @@ class WorkerHost:
                 executed = _unreadable(item, exc)
             else:
                 target = functools.partial(_raise, early) if early is not None else None
-                executed = execute(item.spec, args, item.function, ctx, target=target)
+                executed = execute(item.spec, args, item.function, ctx, target=target,
+                                   keep_alive=returned)
                 del args  # the arguments' views of the store: their leases can end
                 executed = msgspec.structs.replace(executed, results=tuple(
                     ctx.objects.store_result(r, item.spec) for r in executed.results))
         finally:
             ctx.end_task()
         ctx.post_input(executed)
+        del returned  # refs in the return values: released only after the results
 
     # --- the trio thread -------------------------------------------------------
 

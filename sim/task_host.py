@@ -285,7 +285,9 @@ class TaskHost:
             state.context.current_task = spec
             try:
                 args = tuple(self._arg_payload(address.node, a) for a in effect.args)
-                executed = execute(spec, args, effect.function, state.context)
+                returned: list[Any] = []  # alive until the kernel has the results
+                executed = execute(spec, args, effect.function, state.context,
+                                   keep_alive=returned)
             finally:
                 state.context.current_task = None
             executed = msgspec.structs.replace(executed, results=tuple(
@@ -294,6 +296,7 @@ class TaskHost:
             state.running.pop(spec.task_id, None)
             if proc.boot == boot:
                 self.engine.inject(address, executed)
+            del returned  # released after the results (flushed when the thread ends)
 
         self.spawn(address, run, name=f"{address}:{spec.name}", task_id=spec.task_id)
 

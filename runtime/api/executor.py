@@ -109,7 +109,8 @@ def load_function(function_id: str, function: bytes) -> Callable[..., Any]:
 
 
 def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
-            ctx: WorkerContext, *, target: Callable[..., Any] | None = None) -> TaskExecuted:
+            ctx: WorkerContext, *, target: Callable[..., Any] | None = None,
+            keep_alive: list[Any] | None = None) -> TaskExecuted:
     """Runs one task's user code in the calling thread and reports its outcome.
 
     Args:
@@ -119,6 +120,10 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
         ctx: the worker context user code in this task should use.
         target: what to call instead of the function ``spec`` names (an actor's
             bound method, or its constructor); ``function`` is then unused.
+        keep_alive: if given, the return values are appended to it, for the host to
+            keep until it has handed the ``TaskExecuted`` to its kernel: refs this
+            worker owns nested in them must stay counted until the kernel has made
+            the owner their borrower (else dropping them first frees them).
 
     Returns:
         The ``TaskExecuted`` input for the worker's core worker.
@@ -131,7 +136,7 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
             if spec.streaming:
                 results, retryable, count = _run_streaming(spec, args, function, target, ctx)
             else:
-                results, retryable = _run(spec, args, function, target)
+                results, retryable = _run(spec, args, function, target, keep_alive)
         borrowed = _still_held(rebuilt, ctx.address)
     finally:
         _running_spec.reset(token)
@@ -173,9 +178,10 @@ async def execute_async(spec: TaskSpec, args: tuple[Payload, ...], ctx: WorkerCo
 
 
 def _run(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
-         target: Callable[..., Any] | None = None) -> tuple[tuple[ObjectResult, ...], bool]:
+         target: Callable[..., Any] | None = None, keep_alive: list[Any] | None = None,
+         ) -> tuple[tuple[ObjectResult, ...], bool]:
     try:
-        return _returns(spec, _call(spec, args, function, target)), False
+        return _returns(spec, _call(spec, args, function, target), keep_alive), False
     except _CANCELLED as exc:
         return _cancelled(spec, exc), False
     except Exception as exc:  # noqa: BLE001 - user code may raise anything
@@ -220,8 +226,11 @@ def _run_streaming(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
             outputs.close()  # its frame's locals (and their refs) go now
 
 
-def _returns(spec: TaskSpec, outputs: Any) -> tuple[ObjectResult, ...]:
+def _returns(spec: TaskSpec, outputs: Any,
+             keep_alive: list[Any] | None = None) -> tuple[ObjectResult, ...]:
     values = _split(spec, outputs)
+    if keep_alive is not None:
+        keep_alive.append(values)
     return tuple(
         ObjectResult(object_id=object_id, value=serialize(
             value, what=f"return value {index} of task {spec.name}"))

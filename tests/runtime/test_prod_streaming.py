@@ -203,3 +203,18 @@ def test_items_holding_refs_keep_them_alive(cluster: None) -> None:
         del ref
     gc.collect()
     assert shoal.get(inner) == [0, 1, 2]
+
+
+@shoal.remote
+def boxed_put(i: int) -> list[object]:
+    return [shoal.put(i)]  # not a generator: a plain task returning a ref it owns
+
+
+def test_a_task_returning_a_ref_it_owns(cluster: None) -> None:
+    inner = []
+    for i in range(3):
+        ref = boxed_put.remote(i)
+        inner += shoal.get(ref)
+        del ref
+    gc.collect()
+    assert shoal.get(inner) == [0, 1, 2]
