@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import gc
 
+from shoal.sim import Simulation, api
+
 import shoal
-from shoal.sim import Simulation
-from shoal.sim import api
 
 
 def test_refs_a_task_owns_survive_being_returned() -> None:
