@@ -11,10 +11,12 @@ node) on a ``KernelLoop``, and three transports:
   daemons of other nodes; its endpoint is the raylet's ``RayletConfig.endpoint``
   and so appears in the GCS node table (``NodeInfo.endpoint``). Its port is
   reserved at once (bound, not listening); on the head, gRPC itself is imported
-  in a thread and started in the background once the daemon is ready (its import
-  would hold the GIL while the kernels start), while the kernels already serve
-  the local processes; a node that joins needs it first, to reach the GCS, and
-  its peers retry until it listens;
+  in a thread and started in the background while the kernels already serve the
+  local processes: at once for ``shoal start --head`` (whose joiners come
+  next), ``GRPC_START_DELAY_S`` after the daemon is ready for the embedded
+  cluster of ``init()`` (its import holds the GIL: not while the kernels start,
+  nor during the first driver's first lease; a node that joins retries until it
+  listens). A node that joins needs gRPC first, to reach the GCS;
 * a pipe to the process that started the daemon (``--parent-fd``): when it
   reads end-of-file (the parent died, however), the daemon shuts down.
 
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
 SESSION_FILE = "session.json"
 WORKER_REAP_S = 5.0
 REGISTER_WAIT_S = 30.0
+GRPC_START_DELAY_S = 1.0  # after ready, on the head (see _start_grpc_later)
 OBJECT_CHUNK_BYTES = 4 << 20  # chunks of transfers between nodes (RayletConfig.objects)
 
 
@@ -450,9 +453,11 @@ async def serve(opts: NodeOptions, token: str,
             if zygote is not None:
                 nursery.start_soon(zygote.run)
             start_grpc: Callable[[], None] | None = None
-            if opts.head:  # a head needs no peer to start: gRPC comes up once it is ready
-                start_grpc = functools.partial(nursery.start_soon, daemon.run_grpc, token,
-                                               reservation)
+            if opts.head and opts.parent_fd >= 0:  # an embedded cluster's: after it is ready
+                start_grpc = functools.partial(nursery.start_soon, _start_grpc_later, daemon,
+                                               token, reservation)
+            elif opts.head:  # `shoal start --head`: joiners come at once; in the background
+                nursery.start_soon(daemon.run_grpc, token, reservation)
             else:  # the GCS is only reachable over gRPC
                 await nursery.start(daemon.run_grpc, token, reservation)
             reason = await _run_daemon(daemon, nursery, log, start_grpc)
@@ -464,6 +469,14 @@ async def serve(opts: NodeOptions, token: str,
         if zygote is not None:
             await zygote.aclose()
     return reason
+
+
+async def _start_grpc_later(daemon: NodeDaemon, token: str, reservation: socket.socket) -> None:
+    """Starts the head's gRPC transport ``GRPC_START_DELAY_S`` after the daemon is ready:
+    importing gRPC holds the daemon's GIL for a good tenth of a second, which would
+    otherwise land on the first driver's first lease and worker start."""
+    await trio.sleep(GRPC_START_DELAY_S)
+    await daemon.run_grpc(token, reservation)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
