@@ -152,19 +152,22 @@ class ActorRunner:
     def _run_call(self, effect: ExecuteActorTask) -> None:
         ctx, spec = self._ctx, effect.spec
         ctx.begin_task(spec)
+        returned: list[object] = []  # the return values, alive until the kernel has them
         try:
             try:
                 args = self._read_args(effect.args)
             except _UNREADABLE as exc:
                 executed = _unreadable(effect, exc)
             else:
-                executed = execute_method(self._instance, effect.actor_id, spec, args, ctx)
+                executed = execute_method(self._instance, effect.actor_id, spec, args, ctx,
+                                          keep_alive=returned)
                 del args
                 executed = msgspec.structs.replace(executed, results=tuple(
                     ctx.objects.store_result(r, spec) for r in executed.results))
         finally:
             ctx.end_task()
         ctx.post_input(executed)
+        del returned  # refs in the return values: released only after the results
 
     def _read_args(self, args: tuple[Payload | LocalObject, ...]) -> tuple[Payload, ...]:
         return tuple(self._ctx.objects.read_arg(arg) for arg in args)

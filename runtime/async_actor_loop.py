@@ -132,6 +132,7 @@ class AsyncActorLoop:
 
     async def _run_call(self, effect: ExecuteActorTask) -> None:
         ctx, spec = self._ctx, effect.spec
+        returned: list[object] = []  # the return values, alive until the kernel has them
         try:
             try:
                 args = tuple(ctx.objects.read_arg(arg) for arg in effect.args)
@@ -139,7 +140,7 @@ class AsyncActorLoop:
                 executed = _unreadable(effect, exc)
             else:
                 executed = await execute_method_async(self._instance, effect.actor_id, spec,
-                                                      args, ctx)
+                                                      args, ctx, keep_alive=returned)
                 del args  # the arguments' views of the store: their leases can end
                 executed = msgspec.structs.replace(executed, results=tuple(
                     ctx.objects.store_result(r, spec) for r in executed.results))
@@ -151,6 +152,7 @@ class AsyncActorLoop:
             self._on_fatal(exc)
             raise
         ctx.post_input(executed)
+        del returned  # refs in the return values: released only after the results
 
 
 def _unreadable(effect: ExecuteActorTask, exc: BaseException) -> ActorTaskExecuted:

@@ -171,8 +171,12 @@ class SimActorHost:
             from shoal.runtime.api.actor import execute_method
 
             args = tuple(host._arg_payload(address.node, a) for a in effect.args)
-            executed = execute_method(instance, effect.actor_id, spec, args, context)
+            returned: list[Any] = []  # alive until the kernel has the results
+            executed = execute_method(instance, effect.actor_id, spec, args, context,
+                                      keep_alive=returned)
             self._report(proc, boot, executed)
+            del returned
+            context.flush_refs()  # this runner lives on: release the returns' refs now
 
         idle = self._idle.setdefault(address, [])
         if idle:
@@ -196,9 +200,12 @@ class SimActorHost:
             from shoal.runtime.api.actor import execute_method_async
 
             args = tuple(host._arg_payload(address.node, a) for a in effect.args)
+            returned: list[Any] = []  # alive until the kernel has the results
             executed = await execute_method_async(instance, effect.actor_id, effect.spec, args,
-                                                  context)
+                                                  context, keep_alive=returned)
             self._report(proc, boot, executed)
+            del returned
+            context.flush_refs()
 
         actor.start(effect.spec.task_id, call)
 

@@ -388,9 +388,16 @@ def create_instance(spec: ActorSpec, num_restarts: int, args: tuple[Payload, ...
 
 
 def execute_method(instance: Any, actor_id: ActorId, spec: TaskSpec, args: tuple[Payload, ...],
-                   ctx: WorkerContext) -> ActorTaskExecuted:
-    """Runs one call of method ``spec.function_id`` on ``instance`` in the calling thread."""
-    executed = execute(spec, args, b"", ctx, target=_method(instance, actor_id, spec))
+                   ctx: WorkerContext, *,
+                   keep_alive: list[Any] | None = None) -> ActorTaskExecuted:
+    """Runs one call of method ``spec.function_id`` on ``instance`` in the calling thread.
+
+    ``keep_alive``: as ``execute``'s: the return values, for the host to drop only
+    after the kernel has the results (a returned ref this worker owns stays alive
+    until the caller is registered as its borrower).
+    """
+    executed = execute(spec, args, b"", ctx, target=_method(instance, actor_id, spec),
+                       keep_alive=keep_alive)
     return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
                              attempt=executed.attempt, results=executed.results,
                              borrowed=executed.borrowed, retryable_error=executed.retryable_error,
@@ -398,16 +405,17 @@ def execute_method(instance: Any, actor_id: ActorId, spec: TaskSpec, args: tuple
 
 
 async def execute_method_async(instance: Any, actor_id: ActorId, spec: TaskSpec,
-                               args: tuple[Payload, ...],
-                               ctx: WorkerContext) -> ActorTaskExecuted:
+                               args: tuple[Payload, ...], ctx: WorkerContext, *,
+                               keep_alive: list[Any] | None = None) -> ActorTaskExecuted:
     """Runs one call of an async actor: await it in its own asyncio task on the actor's loop.
 
     A coroutine method is awaited (other calls run meanwhile); a sync method runs
     at once, on the loop's thread, as in Ray. The report is ``execute_method``'s.
     """
     if spec.streaming:  # a sync generator method runs on the loop's thread, as in Ray
-        return execute_method(instance, actor_id, spec, args, ctx)
-    executed = await execute_async(spec, args, ctx, target=_method(instance, actor_id, spec))
+        return execute_method(instance, actor_id, spec, args, ctx, keep_alive=keep_alive)
+    executed = await execute_async(spec, args, ctx, target=_method(instance, actor_id, spec),
+                                   keep_alive=keep_alive)
     return ActorTaskExecuted(actor_id=actor_id, task_id=executed.task_id,
                              attempt=executed.attempt, results=executed.results,
                              borrowed=executed.borrowed, retryable_error=executed.retryable_error)

@@ -146,7 +146,8 @@ def execute(spec: TaskSpec, args: tuple[Payload, ...], function: bytes,
 
 
 async def execute_async(spec: TaskSpec, args: tuple[Payload, ...], ctx: WorkerContext, *,
-                        target: Callable[..., Any]) -> TaskExecuted:
+                        target: Callable[..., Any],
+                        keep_alive: list[Any] | None = None) -> TaskExecuted:
     """``execute`` for a target that may return an awaitable (an ``async def`` method).
 
     Awaited in an asyncio task (which has its own copy of the context variables),
@@ -162,7 +163,7 @@ async def execute_async(spec: TaskSpec, args: tuple[Payload, ...], ctx: WorkerCo
                 outputs = _call(spec, args, b"", target)
                 if inspect.isawaitable(outputs):
                     outputs = await outputs
-                results, retryable = _returns(spec, outputs), False
+                results, retryable = _returns(spec, outputs, keep_alive), False
             except _CANCELLED as exc:
                 results, retryable = _cancelled(spec, exc), False
             except Exception as exc:  # noqa: BLE001 - user code may raise anything

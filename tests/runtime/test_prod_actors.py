@@ -7,6 +7,7 @@ makes its own actors; tests that kill workers only kill their own actor's.
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -293,6 +294,22 @@ def test_large_values_in_and_out_of_an_actor(cluster: None) -> None:
     big = np.arange(2 * MIB // 8, dtype=np.int64)
     assert shoal.get(arrays.total.remote(big)) == int(big.sum()) + MIB // 8
     assert shoal.get(arrays.total.remote(shoal.put(big))) == int(big.sum()) + MIB // 8
+
+
+def test_refs_an_actor_method_owns_survive_being_returned(cluster: None) -> None:
+    @shoal.remote
+    class Boxer:
+        def box(self, i: int) -> list[Any]:
+            return [shoal.put(i), shoal.put(np.full(MIB // 8, i, dtype=np.int64))]
+
+    boxer = Boxer.remote()
+    for i in range(3):
+        ref = boxer.box.remote(i)
+        small, big = shoal.get(ref)
+        del ref
+        gc.collect()
+        time.sleep(0.2)  # the returned list is freed: the refs in it must not be
+        assert shoal.get(small) == i and int(shoal.get(big)[-1]) == i
 
 
 def test_max_pending_calls_refuses_the_call_past_the_limit(cluster: None) -> None:
