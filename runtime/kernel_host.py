@@ -28,7 +28,9 @@ transport's reader hands in a batch (``run_now``) or another thread posts
 (the trio callback of ``post_from_thread``): one pass through trio's scheduler
 per batch instead of three (reader, loop, writer). Rounds never nest; a round
 asked for during one is left to the loop's task, which also wakes when a round
-run elsewhere armed a timer earlier than the one it sleeps toward.
+run elsewhere armed a timer earlier than the one it sleeps toward. A kernel
+that raises in such a round is re-raised by the loop's task, not by the
+reader or callback that ran it (which may log and absorb a peer's errors).
 
 Timers are keyed like the simulator's: ``(address, key)``; a heap holds
 ``(at_ns, seq, address, key)`` and a table the live ``seq`` of each key, so a
@@ -185,6 +187,7 @@ class KernelLoop:
         self.round_flush = RoundFlush()
         self._sleep_until_ns: int | None = None  # the loop task's deadline while it sleeps
         self._sleeping = False
+        self._crashed: Exception | None = None
         self.steps = 0
         self._log = log or structlog.get_logger("shoal.runtime.kernel_host")
         self._trace = _debug_enabled(self._log)
@@ -255,13 +258,18 @@ class KernelLoop:
     def run_now(self, *, external: bool = False) -> None:
         """Runs a round here and now (in a trio task or callback of this loop's thread),
         unless one is running: then the loop's task does it (see the module docstring)."""
-        if self.round_flush.active or self._token is None:
+        if self.round_flush.active or self._token is None or self._crashed is not None:
             self._wakeup.set()
             return
         if external:
             self._take_external()
         if self._inbox:
-            self._round()
+            try:
+                self._round()
+            except Exception as exc:  # noqa: BLE001  # a kernel's bug: the loop's task raises it
+                self._crashed = exc
+                self._wakeup.set()
+                return
         if self._inbox:
             self._wakeup.set()  # over the round's budget: the loop's task goes on
         elif self._sleeping:
@@ -295,6 +303,8 @@ class KernelLoop:
 
     async def _rounds(self) -> None:
         while True:
+            if self._crashed is not None:  # in a round run elsewhere (run_now), whose
+                raise self._crashed  # caller (a reader, a trio callback) must not absorb it
             self._take_external()
             for owner, key in self._timers.pop_due(self._clock()):
                 self._inbox.append((owner, TimerFired(key=key)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from shoal.kernel.gcs.protocol import KvGet
@@ -127,3 +128,32 @@ def test_round_end_writes_go_inline_and_a_large_rest_goes_to_the_writer() -> Non
     trio.run(main)
     assert [e.msg.request_id for e in received] == [0, 1, 2, 99, 100]  # type: ignore[attr-defined]
     assert received[3] == big
+
+
+class Broken:
+    def handle(self, event: Any, *, now: int) -> list[Msg]:
+        if isinstance(event, Received):
+            raise RuntimeError("kernel bug")  # noqa: TRY004
+        return []
+
+
+def test_a_kernel_that_raises_in_an_inline_round_ends_the_loop_not_the_reader() -> None:
+    absorbed: list[BaseException] = []
+
+    async def main() -> None:
+        loop = KernelLoop(lambda *_: None)
+        loop.add_kernel(A, Broken())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            loop.post(A, Received(src=W, msg=KvGet(request_id=1, namespace="", key=b"")),
+                      wake=False)
+            try:
+                loop.run_now()  # as a reader would, which may absorb what it catches
+            except Exception as exc:  # noqa: BLE001
+                absorbed.append(exc)
+            await trio.sleep(5)  # the loop's task raises long before
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        trio.run(main)
+    assert caught.group_contains(RuntimeError, match="kernel bug")
+    assert absorbed == []
