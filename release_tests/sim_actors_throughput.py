@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -44,26 +45,33 @@ def run(nodes: int, actors: int, calls: int, seed: int) -> dict[str, object]:
             done += wave
         return done
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = Simulation(seed=seed, nodes=nodes).run(main)
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     assert not result.violations, result.violations
     return {"name": f"sim actor calls actors={actors}", "mean": calls / wall, "stdev": 0.0,
-            "unit": "calls/s", "wall_s": round(wall, 3), "events": result.report.events,
+            "unit": "calls/s", "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "per_cpu_s": round(calls / cpu), "events": result.report.events,
             "events_per_s": round(result.report.events / wall),
+            "events_per_cpu_s": round(result.report.events / cpu),
+            "load_1min": round(os.getloadavg()[0], 2),
             "sim_seconds": round(result.report.sim_seconds, 3)}
 
 
 def workload(faults: str, seeds: int) -> dict[str, object]:
-    started, calls = time.perf_counter(), 0
+    started, cpu_started, calls = time.perf_counter(), time.process_time(), 0
     for seed in range(seeds):
         result = run_simulation(RunConfig(seed=seed, nodes=3, workload="actors", faults=faults,
                                           until_s=4))
         assert not result.violations, (seed, result.violations)
         calls += int(result.stats.get("actor_calls", 0))
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     return {"name": f"actors workload faults={faults}", "mean": calls / wall, "stdev": 0.0,
-            "unit": "calls/s", "wall_s": round(wall, 3), "calls": calls}
+            "unit": "calls/s", "wall_s": round(wall, 3), "calls": calls,
+            "cpu_s": round(cpu, 3), "per_cpu_s": round(calls / cpu),
+            "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:
@@ -77,7 +85,8 @@ def main() -> None:
     rows = [run(args.nodes, a, args.calls, seed=1) for a in args.actors]
     rows += [workload(faults, args.seeds) for faults in ("none", "chaos")]
     for row in rows:
-        print(f"{row['name']:<34} {row['mean']:>9,.0f} calls/s  ({row['wall_s']} s wall)")
+        print(f"{row['name']:<34} {row['mean']:>9,.0f} calls/s  ({row['wall_s']} s wall; "
+              f"{row['per_cpu_s']:,} per CPU s, {row['cpu_s']} CPU s; load {row['load_1min']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": {"python": platform.python_version()}, "results": rows}, f,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -31,13 +32,17 @@ def run(nodes: int, tasks: int, seed: int) -> dict[str, object]:
             done += wave
         return done
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = Simulation(seed=seed, nodes=nodes).run(main)
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     assert not result.violations, result.violations
     return {"name": f"sim tasks nodes={nodes}", "mean": tasks / wall, "stdev": 0.0,
-            "unit": "tasks/s", "wall_s": round(wall, 3), "events": result.report.events,
+            "unit": "tasks/s", "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "per_cpu_s": round(tasks / cpu), "events": result.report.events,
             "events_per_s": round(result.report.events / wall),
+            "events_per_cpu_s": round(result.report.events / cpu),
+            "load_1min": round(os.getloadavg()[0], 2),
             "sim_seconds": round(result.report.sim_seconds, 3)}
 
 
@@ -50,7 +55,9 @@ def main() -> None:
     rows = [run(n, args.tasks, seed=1) for n in args.nodes]
     for row in rows:
         print(f"{row['name']:<22} {row['mean']:>9,.0f} tasks/s  ({row['wall_s']} s wall, "
-              f"{row['events_per_s']:,} events/s, {row['sim_seconds']} simulated s)")
+              f"{row['events_per_s']:,} events/s, {row['sim_seconds']} simulated s; "
+              f"{row['per_cpu_s']:,} tasks and {row['events_per_cpu_s']:,} events per CPU s, "
+              f"{row['cpu_s']} CPU s; load {row['load_1min']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": {"python": platform.python_version()}, "results": rows}, f,

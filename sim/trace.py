@@ -3,8 +3,14 @@
 Every input a kernel is handed (a message delivery, a timer, a start) is encoded
 canonically with msgpack, as ``(time_ns, address, input)``, and fed to one
 sha256. Two runs of the same seed and program must produce the same digest; a
-digest differing is a determinism bug. Encoding appends into one buffer that is
-hashed in chunks, so tracing costs well under a microsecond per event.
+digest differing is a determinism bug.
+
+Recording is on the simulator's hottest path (once per delivered event), so it
+only appends the tuple to a batch; a full batch is encoded with one msgpack call
+as an array and hashed without the array's header, which leaves exactly the
+bytes that encoding each tuple on its own would (a msgpack array is its header
+followed by its items), so batching changes the cost and not the digest. Inputs
+are immutable messages, so encoding them a little later reads the same values.
 
 The last ``window`` events are kept as objects (formatted only when asked), so a
 violation can be shown with the events that led to it.
@@ -21,7 +27,12 @@ import msgspec
 from shoal.kernel.ids import NANOS_PER_SECOND
 from shoal.kernel.messages import Address, Msg
 
-_FLUSH_BYTES = 1 << 16
+_BATCH_EVENTS = 2048
+
+
+def _array_header_len(items: int) -> int:
+    """Bytes of msgpack's header of an array of ``items`` (fixarray, array 16, array 32)."""
+    return 1 if items < 16 else 3 if items < 1 << 16 else 5
 
 
 class Trace:
@@ -30,17 +41,30 @@ class Trace:
     def __init__(self, window: int = 40) -> None:
         self._hash = hashlib.sha256()
         self._encoder = msgspec.msgpack.Encoder()
-        self._buffer = bytearray()
+        self._batch: list[tuple[int, Address, Msg]] = []
         self._recent: deque[tuple[int, Address, Msg]] = deque(maxlen=window)
-        self.events = 0
+        self._window = window
+        self._hashed_events = 0
 
     def record(self, time_ns: int, address: Address, event: Msg) -> None:
-        self._encoder.encode_into((time_ns, address, event), self._buffer, -1)
-        if len(self._buffer) >= _FLUSH_BYTES:
-            self._hash.update(self._buffer)
-            self._buffer.clear()
-        self._recent.append((time_ns, address, event))
-        self.events += 1
+        batch = self._batch
+        batch.append((time_ns, address, event))
+        if len(batch) >= _BATCH_EVENTS:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        encoded = memoryview(self._encoder.encode(batch))
+        self._hash.update(encoded[_array_header_len(len(batch)):])
+        self._recent.extend(batch[-self._window:])
+        self._hashed_events += len(batch)
+        batch.clear()
+
+    @property
+    def events(self) -> int:
+        return self._hashed_events + len(self._batch)
 
     def note(self, time_ns: int, what: str, detail: Any = None) -> None:
         """Records a simulator decision (a fault, a crash) in the hash and the window."""
@@ -48,12 +72,12 @@ class Trace:
 
     @property
     def digest(self) -> str:
-        h = self._hash.copy()
-        h.update(self._buffer)
-        return h.hexdigest()
+        self._flush()
+        return self._hash.hexdigest()
 
     def recent_lines(self) -> list[str]:
-        return [format_event(t, addr, ev) for t, addr, ev in self._recent]
+        recent = [*self._recent, *self._batch][-self._window:]
+        return [format_event(t, addr, ev) for t, addr, ev in recent]
 
 
 class _Note(Msg):
