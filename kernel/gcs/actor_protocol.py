@@ -106,6 +106,7 @@ class ActorHandleInfo(msgspec.Struct, frozen=True, kw_only=True):
     max_task_retries: RetryCount = 0
     max_pending_calls: PendingMax = -1
     methods: tuple[MethodMeta, ...] = ()
+    concurrency_groups: tuple[str, ...] = ()  # the names callers may pick
 
 
 class ActorInfo(msgspec.Struct, frozen=True, kw_only=True):

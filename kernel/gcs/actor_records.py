@@ -121,7 +121,8 @@ class ActorRow:
         return ActorHandleInfo(
             actor_id=spec.actor_id, class_name=spec.class_name, owner=spec.creation.owner,
             name=spec.name, namespace=spec.namespace, max_task_retries=spec.max_task_retries,
-            max_pending_calls=spec.max_pending_calls, methods=spec.methods)
+            max_pending_calls=spec.max_pending_calls, methods=spec.methods,
+            concurrency_groups=tuple(spec.concurrency_groups))
 
     def record(self) -> ActorRecord:
         return ActorRecord(
@@ -158,7 +159,7 @@ class ClusterFacts(Protocol):
 
     def node(self, node_id: NodeId) -> NodeInfo | None: ...
     def live_nodes(self) -> list[NodeResources]: ...
-    def departed(self, worker: Address) -> bool: ...
+    def departed(self, worker: Address) -> bool: ...  # a worker that ended, a driver that exited
 
 
 def check_move(row: ActorRow | None, actor_id: ActorId, frm: ActorPhase | None,

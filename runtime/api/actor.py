@@ -208,7 +208,8 @@ class ActorClass:
                 actor_id=actor_id, class_name=self._class_name, owner=ctx.address,
                 name=spec.name, namespace=spec.namespace,
                 max_task_retries=spec.max_task_retries,
-                max_pending_calls=spec.max_pending_calls, methods=self._methods)
+                max_pending_calls=spec.max_pending_calls, methods=self._methods,
+                concurrency_groups=tuple(spec.concurrency_groups))
             return ActorHandle(info, handle_ref)
         assert done.handle is not None
         return ActorHandle(done.handle, None)
@@ -329,6 +330,12 @@ class ActorMethod:
         retry_exc, allowlist = meta.retry_exceptions, meta.retry_exception_allowlist
         if "retry_exceptions" in self._options:
             retry_exc, allowlist = _retry_fields(self._options["retry_exceptions"], name)
+        group = str(self._options.get("concurrency_group", meta.concurrency_group))
+        if group and group not in info.concurrency_groups:
+            raise ValueError(
+                f"{name}: concurrency group {group!r} is not one of the actor's "
+                f"({', '.join(map(repr, info.concurrency_groups)) or 'it defines none'}); "
+                "declare it with @shoal.remote(concurrency_groups={...})")
         keep_alive: list[ObjectRef] = []
         task_args = [RemoteFunction._arg(ctx, v, f"argument {i} of {name}", keep_alive)
                      for i, v in enumerate(args)]
@@ -340,7 +347,7 @@ class ActorMethod:
             function_id=self._meta.name, args=tuple(task_args), kwarg_names=tuple(kwargs),
             num_returns=num_returns, resources={}, max_retries=retries,
             retry_exceptions=retry_exc, retry_exception_allowlist=allowlist,
-            concurrency_group=str(self._options.get("concurrency_group", meta.concurrency_group)),
+            concurrency_group=group,
             depth=(parent.depth + 1) if parent is not None else 1, streaming=streaming)
         refs = [ObjectRef(object_id, ctx.address) for object_id in spec.return_ids]
         _note_actor_call_refs(refs)  # cancel refuses force=True for them

@@ -198,8 +198,14 @@ def test_concurrency_groups_run_beside_the_default_group_each_within_its_limit()
             Server.options(concurrency_groups={"io": 0}).remote()
         except ValueError as error:
             out["bad"] = "must be an integer >= 1" in str(error)
+        try:
+            server.open.options(concurrency_group="disk").remote()
+        except ValueError as error:
+            out["unknown"] = "concurrency group 'disk' is not one of the actor's ('io')" in str(
+                error)
         return out
 
     result = Simulation(seed=6, nodes=1).run(main)
     assert not result.violations, result.violations
-    assert result.value == {"open": "open", "waits": ["opened"] * 3, "most": 2, "bad": True}
+    assert result.value == {"open": "open", "waits": ["opened"] * 3, "most": 2, "bad": True,
+                            "unknown": True}
