@@ -16,6 +16,7 @@ from shoal.kernel.core_worker.stream_protocol import STREAM_WIRE_TYPES
 from shoal.kernel.gcs import protocol as gcs
 from shoal.kernel.gcs import resource_protocol as resources
 from shoal.kernel.gcs.actor_protocol import ACTOR_WIRE_TYPES
+from shoal.kernel.gcs.job_protocol import JOB_WIRE_TYPES
 from shoal.kernel.gcs.placement_group_protocol import PLACEMENT_GROUP_WIRE_TYPES
 from shoal.kernel.host_protocol import HOST_WIRE_TYPES
 from shoal.kernel.messages import Address, Msg, Rejected
@@ -43,6 +44,7 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     core.RegisterBorrow, core.BorrowRegistered, core.AddBorrower, core.BorrowerAdded,
     *ACTOR_WIRE_TYPES, *ACTOR_CALL_WIRE_TYPES,  # actors (issue #4)
     *PLACEMENT_GROUP_WIRE_TYPES,
+    *JOB_WIRE_TYPES,  # drivers that exited (jobs that ended)
     *STREAM_WIRE_TYPES,  # streaming generators (issue 5)
     *HOST_WIRE_TYPES,  # between hosts, never seen by a kernel
 )

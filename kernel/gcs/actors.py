@@ -28,8 +28,9 @@ newer incarnation. A creating actor is then placed again (it never ran, so no
 restart is counted). An alive one is ``RESTARTING`` (``num_restarts`` + 1, the
 constructor runs again on a new worker) while restarts remain
 (``max_restarts``; -1 forever), else ``DEAD``. A non-detached actor whose
-owner died (a worker owner that departed, or whose node died or rejoined;
-drivers are the job and live as long as it does) is ``DEAD`` too.
+owner died (a worker owner that departed, or whose node died or rejoined; a
+driver owner whose exit its raylet reported: the job ended, see
+``jobs.py``) is ``DEAD`` too.
 
 ``KillActor``: ``no_restart`` (or no restarts left) makes it ``DEAD``;
 otherwise an alive actor's worker is killed and it restarts. ``out_of_scope``
@@ -487,8 +488,12 @@ class ActorManager:
 
     def _owner_dead(self, row: ActorRow) -> bool:
         owner = row.spec.creation.owner
-        if row.spec.detached or owner.component != "worker":
-            return False  # detached actors outlive their owner; drivers are the job
+        if row.spec.detached:
+            return False  # detached actors outlive their owner
+        if owner.component == "driver":
+            return self._cluster.departed(owner)  # its job ended (a driver's exit is reported)
+        if owner.component != "worker":
+            return False
         if self._cluster.departed(owner):
             return True
         info = self._cluster.node(owner.node)
@@ -633,6 +638,11 @@ class ActorManager:
 
 def _owner_died(row: ActorRow) -> ActorDeathCause:
     owner = row.spec.creation.owner
+    if owner.component == "driver":
+        return ActorDeathCause(kind="owner_died", message=(
+            f"actor {row.actor_id} ({row.spec.class_name}) died because its job ended: its "
+            f"driver {owner} exited; create it with lifetime='detached' to let it outlive "
+            "the job"))
     return ActorDeathCause(kind="owner_died", message=(
         f"actor {row.actor_id} ({row.spec.class_name}) died because its owner {owner} (the "
         "process that created it) died; create it with lifetime='detached' to let it "

@@ -15,6 +15,9 @@ The GCS is a set of sub-machines behind one ``handle`` entry:
 * ``PlacementGroupManager`` (``placement_groups.py``): placement groups,
   reserved on raylets in two phases, rescheduled when nodes die; the actors of
   a removed group are killed through the actor manager.
+* ``JobTable`` (``jobs.py``): jobs whose driver exited, as raylets report
+  them; such a driver's non-detached actors die (owner died) and its
+  non-detached placement groups are removed.
 
 Inputs: ``Started`` (process start: arm the health-check timer), ``Received``
 (a protocol message from a peer), ``TimerFired``. Effects: ``Send``,
@@ -41,6 +44,8 @@ from shoal.kernel.gcs.actor_protocol import (
 )
 from shoal.kernel.gcs.actor_records import ActorManagerConfig
 from shoal.kernel.gcs.actors import ACTOR_TIMER_PREFIX, ActorManager
+from shoal.kernel.gcs.job_protocol import DriverExitReport
+from shoal.kernel.gcs.jobs import JOBS_TABLE, JobTable, JobTableConfig
 from shoal.kernel.gcs.kv import KV_TABLE, InternalKv, KvConfig
 from shoal.kernel.gcs.membership import NODES_TABLE, MembershipConfig, NodeDirectory
 from shoal.kernel.gcs.protocol import (
@@ -104,14 +109,17 @@ class GcsConfig(msgspec.Struct, frozen=True, kw_only=True):
     resources: ResourceViewConfig = msgspec.field(default_factory=ResourceViewConfig)
     actors: ActorManagerConfig = msgspec.field(default_factory=ActorManagerConfig)
     placement_groups: PgManagerConfig = msgspec.field(default_factory=PgManagerConfig)
+    jobs: JobTableConfig = msgspec.field(default_factory=JobTableConfig)
 
 
 class _ClusterFacts:
-    """The node table and resource view, as the actor manager reads them."""
+    """The node table, resource view and job table, as the actor manager reads them."""
 
-    def __init__(self, nodes: NodeDirectory, resources: ClusterResources) -> None:
+    def __init__(self, nodes: NodeDirectory, resources: ClusterResources,
+                 jobs: JobTable) -> None:
         self._nodes = nodes
         self._resources = resources
+        self._jobs = jobs
 
     def node(self, node_id: NodeId) -> NodeInfo | None:
         return self._nodes.info(node_id)
@@ -120,6 +128,9 @@ class _ClusterFacts:
         return list(self._resources.rows)
 
     def departed(self, worker: Address) -> bool:
+        """A worker that ended, or a driver that exited (its job ended)."""
+        if worker.component == "driver":
+            return self._jobs.driver_exited(worker)
         return self._resources.is_departed(worker)
 
 
@@ -145,10 +156,10 @@ class Gcs:
         self._checks = 0
         self.resources = ClusterResources(self.config.resources)
         self.resources.sync_nodes(self.nodes.rows)
-        self.actors = ActorManager(self.config.actors, _ClusterFacts(self.nodes, self.resources),
-                                   tables)
-        self.placement_groups = PlacementGroupManager(
-            self.config.placement_groups, _ClusterFacts(self.nodes, self.resources), tables)
+        self.jobs = JobTable(self.config.jobs, tables.get(JOBS_TABLE))
+        facts = _ClusterFacts(self.nodes, self.resources, self.jobs)
+        self.actors = ActorManager(self.config.actors, facts, tables)
+        self.placement_groups = PlacementGroupManager(self.config.placement_groups, facts, tables)
 
     @property
     def node_table(self) -> tuple[NodeInfo, ...]:
@@ -223,18 +234,37 @@ class Gcs:
             # --- placement groups ---
             case CreatePlacementGroup() | RemovePlacementGroup() | GetPlacementGroup() \
                     | ListPlacementGroups():
-                return self.placement_groups.on_request(src, msg, now)
+                return self.placement_groups.on_request(src, msg, now) + self._late_group(msg, now)
             case BundlesPrepared():
                 return self.placement_groups.on_prepared(src, msg, now)
             case BundlesCommitted():
                 return self.placement_groups.on_committed(src, msg, now)
             case BundlesReleased():
                 return self.placement_groups.on_released(src, msg)
+            case DriverExitReport():
+                return self._on_driver_exit(src, msg, now)
             case Rejected():
                 return []  # a peer refused something we sent; nothing to undo
         reason = (f"gcs: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")
         return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=reason))]
+
+    def _on_driver_exit(self, src: Address, msg: DriverExitReport, now: Nanos) -> list[Msg]:
+        """A job ended: its non-detached actors die, its non-detached groups are removed."""
+        effects, ended = self.jobs.record_exit(src, msg, now)
+        if not ended:
+            return effects
+        ack = effects.pop()  # answered last, once what the job's end changed is written
+        effects += self.actors.on_cluster_changed(now)  # rereads owners through ``departed``
+        return effects + self.placement_groups.remove_created_by(msg.driver, now) + [ack]
+
+    def _late_group(self, msg: Msg, now: Nanos) -> list[Msg]:
+        """A group created by a driver whose exit arrived first goes at once."""
+        if not isinstance(msg, CreatePlacementGroup) or msg.spec.creator is None:
+            return []
+        if not self.jobs.driver_exited(msg.spec.creator):
+            return []
+        return self.placement_groups.remove_created_by(msg.spec.creator, now)
 
     def _on_actor_message(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
         actors = self.actors
@@ -285,3 +315,4 @@ class Gcs:
         self.resources.check_invariants(self.nodes.rows)
         self.actors.check_invariants()
         self.placement_groups.check_invariants()
+        self.jobs.check_invariants()

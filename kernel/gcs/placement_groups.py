@@ -32,7 +32,9 @@ bundles and refuses requests for the group from then on; a node that joins
 or rejoins later hears of every removed group kept), and the GCS kills the
 group's actors (the
 caller, ``Gcs``, asks the actor manager with ``removed_groups``). At most
-``removed_max`` removed rows are kept.
+``removed_max`` removed rows are kept. A group that is not detached is also
+removed when its creator's job ends (``remove_created_by``, called by ``Gcs``
+when the creating driver's exit is reported).
 
 Durability: rows (``PGS_TABLE``) and releases (``PG_RELEASES_TABLE``) are
 written before the messages that depend on them; a restarted GCS resends what
@@ -195,6 +197,16 @@ class PlacementGroupManager:
             self._names[(spec.namespace, spec.name)] = row.pg_id
         effects = self._commit(row) + self._place(row, self._available(), now)
         return effects + [self._reply(src, msg.request_id, [row])]
+
+    def remove_created_by(self, creator: Address, now: Nanos) -> list[Msg]:
+        """The creator's job ended: its non-detached groups are removed (Ray scopes a
+        group that is not detached to its job)."""
+        effects: list[Msg] = []
+        for row in list(self._rows.values()):
+            if (row.state is not PgState.REMOVED and not row.spec.detached
+                    and row.spec.creator == creator):
+                effects += self._to_removed(row, now)
+        return effects
 
     def _on_remove(self, src: Address, msg: RemovePlacementGroup, now: Nanos) -> list[Msg]:
         row = self._rows.get(msg.pg_id)

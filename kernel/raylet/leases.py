@@ -332,6 +332,16 @@ class LeaseManager:
         effects += self._workers_died([(worker.worker_id, worker.lease_id, cause, True)])
         return effects + self._dispatch(now)
 
+    def on_owner_exited(self, owner: Address, why: str, now: Nanos) -> list[Msg]:
+        """A local owner that is not a worker of the pool (a driver) is gone: its requests
+        end, and the workers it leased are killed with what they owned."""
+        owned = [r for r in self._requests.values() if r.owner == owner]
+        if not owned:
+            return []
+        deaths: list[_Death] = []
+        effects = self._reclaim(owned, why, deaths)
+        return effects + self._workers_died(deaths) + self._dispatch(now)
+
     def granted(self) -> list[tuple[str, Address, int]]:
         """Granted leases with their owners and request ids, in grant order."""
         return [(lease_id, r.owner, r.request_id) for lease_id, r in self._leases.items()]

@@ -20,7 +20,8 @@ Raylet -> lease holder: ``LeasedWorkerDied`` when the leased worker's process
 exits, so the owner can retry its task at once.
 
 Host interface of the raylet: effects ``StartWorker``/``KillWorker``; inputs
-``WorkerExited`` (the process ended, with a cause).
+``WorkerExited`` (the process ended, with a cause) and ``DriverExited`` (a
+driver of this node is gone: its connection to the node closed).
 """
 
 from __future__ import annotations
@@ -128,3 +129,10 @@ class WorkerExited(Msg):
     worker_id: WorkerId
     cause: str
     exit_code: Count = 0
+
+
+class DriverExited(Msg):
+    """Input: a driver process of this node ended (its job ends: see ``kernel/gcs/jobs.py``)."""
+
+    driver: Address
+    cause: str

@@ -15,6 +15,9 @@ Responsibilities arrive as sub-machines behind one ``handle`` entry:
 * ``ObjectTable`` (``objects.py``): objects above the inline limit held in this
   node's store: primary copies pinned for their owners, pulls from other nodes
   in chunks, frees.
+* ``DriverExits`` (``drivers.py``): local drivers that exited, reported to the
+  GCS until acknowledged (the GCS ends their jobs); the leases such a driver
+  held here end at once.
 * ``ClusterView`` and ``ResourceReporter`` (``resources.py``): the copy of the
   GCS's resource view that spillback reads, and the ``ResourceReport`` sent
   beside the heartbeat when the GCS's idea of this node is out of date, when a
@@ -26,7 +29,7 @@ declared dead (membership going from alive back to registering) makes it
 fate-share: every worker killed, every lease ended.
 
 Inputs: ``Started``, ``Received``, ``TimerFired``, and the host's
-``WorkerExited`` and ``ObjectEvicted``. Effects: ``Send``, ``SetTimer``, ``CancelTimer``, and the
+``WorkerExited``, ``DriverExited`` and ``ObjectEvicted``. Effects: ``Send``, ``SetTimer``, ``CancelTimer``, and the
 host requests ``StartWorker``/``KillWorker``. Messages the raylet does not
 serve are answered with ``Rejected``; a ``Rejected`` from a peer is dropped.
 """
@@ -45,6 +48,7 @@ from shoal.kernel.gcs.protocol import (
     NodeTableUpdate,
     Resources,
 )
+from shoal.kernel.gcs.job_protocol import DriverExitAck
 from shoal.kernel.gcs.resource_protocol import ResourceViewUpdate
 from shoal.kernel.ids import Nanos, NodeId, ObjectId
 from shoal.kernel.messages import Address, Msg, Received, Rejected, Send, Started, TimerFired
@@ -54,6 +58,7 @@ from shoal.kernel.gcs.placement_group_protocol import (  # placement groups
     ReleaseBundles,
 )
 from shoal.kernel.raylet.bundles import BundleTable
+from shoal.kernel.raylet.drivers import DriverExits
 from shoal.kernel.raylet.lease_checks import LEASE_CHECK_TIMER, LeaseCheckConfig, LeaseChecker
 from shoal.kernel.raylet.leases import LeaseConfig, LeaseManager
 from shoal.kernel.raylet.object_protocol import (
@@ -75,6 +80,7 @@ from shoal.kernel.raylet.membership import (
 )
 from shoal.kernel.raylet.protocol import (
     CancelLeaseRequest,
+    DriverExited,
     LeaseCheckReply,
     LeaseRejected,
     RegisterWorker,
@@ -91,7 +97,7 @@ from shoal.kernel.raylet.workers import (
     WorkerPoolConfig,
 )
 
-RayletInput = Started | Received | TimerFired | WorkerExited | ObjectEvicted
+RayletInput = Started | Received | TimerFired | WorkerExited | DriverExited | ObjectEvicted
 
 
 class RayletConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,6 +140,7 @@ class Raylet:
         self.reporter = ResourceReporter(node_id, config.leases.report_refresh_ticks)
         self.objects = ObjectTable(node_id, config.objects)
         self.lease_checker = LeaseChecker(config.lease_checks)
+        self.drivers = DriverExits(node_id, config.gcs)
         self._last_was_heartbeat = False
         self._dead_nodes: dict[NodeId, None] = {}
 
@@ -168,11 +175,20 @@ class Raylet:
                 return self.objects.on_pull_timer(ObjectId(key[len(PULL_TIMER_PREFIX):]), now)
             case WorkerExited():
                 return self.leases.on_worker_exited(event, now)
+            case DriverExited():
+                return self._on_driver_exited(event, now)
             case ObjectEvicted():
                 return self.objects.on_evicted(event.object_id)
             case Started():
                 return self.membership.on_started(now) + [self.lease_checker.arm(now)]
         return []
+
+    def _on_driver_exited(self, event: DriverExited, now: Nanos) -> list[Msg]:
+        if not self.drivers.is_local_driver(event.driver):
+            return []
+        why = f"its lease's owner, driver {event.driver}, exited: {event.cause}"
+        return (self.drivers.on_exited(event.driver, event.cause)
+                + self.leases.on_owner_exited(event.driver, why, now))
 
     def _on_lease_check_timer(self, now: Nanos) -> list[Msg]:
         effects, silent = self.lease_checker.on_timer(self.leases.granted(), now)
@@ -193,6 +209,13 @@ class Raylet:
                 return leases.on_request(src, msg, now)
             case ReturnWorker():
                 return leases.on_return(src, msg, now)
+            # Each class pattern costs an isinstance call, slow for msgspec classes
+            # (their metaclass is not ``type``): the frequent messages come first.
+            case ResourceViewUpdate() if src == self.config.gcs:
+                self.reporter.on_update(msg)
+                return leases.on_view_changed(now) if self.cluster.apply(msg) else []
+            case NodeTableUpdate() | NodeRegistered() | NodeDeclaredDead():
+                return self._on_membership(msg, now)
             case CancelLeaseRequest():
                 return leases.on_cancel(src, msg, now)
             case RegisterWorker():
@@ -218,11 +241,8 @@ class Raylet:
                 return self.objects.on_free(msg)
             case ObjectMissing():
                 return self.objects.on_missing(src, msg, now)
-            case NodeTableUpdate() | NodeRegistered() | NodeDeclaredDead():
-                return self._on_membership(msg, now)
-            case ResourceViewUpdate() if src == self.config.gcs:
-                self.reporter.on_update(msg)
-                return leases.on_view_changed(now) if self.cluster.apply(msg) else []
+            case DriverExitAck() if src == self.config.gcs:
+                return self.drivers.on_ack(msg)
             case Rejected():
                 return []
         reason = (f"raylet {self.node_id!r}: does not serve {type(msg).__name__} messages; "
@@ -271,6 +291,7 @@ class Raylet:
         effects = self.membership.on_heartbeat_timer(now)
         if not effects:
             return effects  # not alive: no heartbeat, no report
+        effects += self.drivers.on_heartbeat()
         pool = self.leases.pool
         departed = (pool.departed_total, pool.departed_after(self.reporter.departed_acked))
         report = self.reporter.on_tick(self.incarnation, self.leases.ledger, self.cluster,
@@ -291,6 +312,7 @@ class Raylet:
         after one the lease and object indexes are as last checked: skip them, as
         heartbeats are most of a raylet's steps."""
         self.membership.check_invariants()
+        self.drivers.check_invariants()
         if self._last_was_heartbeat:
             return
         self.leases.check_invariants()
