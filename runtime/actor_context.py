@@ -24,12 +24,14 @@ that the trio thread sets when the kernel answers) and ``_lock``.
 In the process that hosts an actor, ``current_actor_id`` and
 ``current_actor_restarts`` are set by the actor's host (``runtime/actor_worker.py``).
 
-Job end: when a driver that joined a running cluster shuts down, it kills the
-non-detached actors it created (``stop_owned_actors``), as Ray ends a job's
-actors with the job. (An embedded cluster stops with its driver anyway.) A
-driver that dies without ``shutdown`` leaves them running: the GCS does not
-learn of a driver's end yet (TODO(#5): the daemon tells the raylet when a
-driver's connection closes, and the GCS ends the job's actors).
+Job end: Ray ends a job's non-detached actors with the job. A driver that
+dies without ``shutdown`` (crash, SIGKILL) ends its job all the same: its node
+daemon sees its connection close and the GCS then kills the actors it owns
+(``kernel/gcs/jobs.py``). A driver that joined a running cluster and shuts down
+cleanly also kills them itself first (``stop_owned_actors``) and waits for the
+GCS's answers, so that when ``shutdown()`` returns they are already dead (the
+connection's close alone would end them a moment later). An embedded cluster
+stops with its driver anyway.
 
 Namespaces: actors are named and looked up in the job's namespace, the
 driver's ``init(namespace=...)`` (else the job's anonymous one). The driver

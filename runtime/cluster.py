@@ -330,7 +330,10 @@ def _connect_driver(socket_path: str, token: str, node_id: str,
     from shoal.runtime.driver import CoreWorkerRuntime, ProdWorkerContext
     from shoal.runtime.kernel_host import private_logger
 
-    address = Address(node=NodeId(node_id), component="driver", worker=f"p{os.getpid()}")
+    # Unique per connection: a driver's exit ends its job for good (kernel/gcs/jobs.py), so a
+    # later init() in this process, or a process that reuses this pid, must be a new driver.
+    address = Address(node=NodeId(node_id), component="driver",
+                      worker=f"p{os.getpid()}.{secrets.token_hex(3)}")
     holder: list[ProdWorkerContext] = []
 
     def on_effect(effect: Msg) -> None:

@@ -35,6 +35,11 @@ the daemon before any thread exists) fork a worker, or else execs
 ``WorkerExited`` with the cause. ``KillWorker`` kills it (SIGKILL). Workers die
 with their daemon (``PR_SET_PDEATHSIG`` and socket end-of-file).
 
+Drivers. When a driver's connection closes (``shoal.shutdown()``, a crash,
+SIGKILL), the raylet gets ``DriverExited``: it ends the leases the driver held
+and reports the exit to the GCS, which ends the job (its non-detached actors
+and placement groups; ``kernel/gcs/jobs.py``).
+
 Objects. The daemon owns the node's shared-memory object store
 (``runtime/node_objects.py``): its arena, the server its drivers and workers ask
 for regions (a socket and a thread of its own, announced in the local
@@ -83,7 +88,7 @@ from shoal.kernel.raylet.object_protocol import (
     WriteObjectChunk,
 )
 from shoal.kernel.raylet.objects import ObjectsConfig
-from shoal.kernel.raylet.protocol import KillWorker, StartWorker, WorkerExited
+from shoal.kernel.raylet.protocol import DriverExited, KillWorker, StartWorker, WorkerExited
 from shoal.kernel.wire import Envelope
 from shoal.runtime import node_status
 from shoal.runtime.direct_link import direct_socket_path
@@ -287,8 +292,13 @@ class NodeDaemon:
         self._log.info("process.connected", peer=str(conn.peer), pid=conn.pid)
 
     def _on_disconnect(self, conn: Connection) -> None:
-        # TODO(#5): tell the raylet that a driver left (a host input such as
-        # ``ClientDisconnected``) so it can reclaim the leases that driver holds.
+        if conn.peer.component == "driver" and not self.stopping:
+            # However the driver ended (shutdown, crash, SIGKILL), its job ends: the raylet
+            # ends its leases here and tells the GCS, which ends its actors and groups.
+            self._log.info("driver.exited", driver=str(conn.peer), pid=conn.pid)
+            self.loop.post(self.raylet_address, DriverExited(
+                driver=conn.peer, cause=f"its connection to node {self.node_id!r} closed "
+                                        f"(process {conn.pid} ended or disconnected)"))
         if conn.peer.component == "worker":
             self._kill(WorkerId(conn.peer.worker),
                        "killed by its node daemon: its connection to the daemon closed")
