@@ -25,7 +25,7 @@ import msgspec
 
 from shoal.kernel.buggify import Buggify
 from shoal.kernel.gcs import Gcs, GcsConfig, gcs_address
-from shoal.kernel.gcs.membership import NODES_TABLE, NodeRecord
+from shoal.kernel.gcs.membership import NODES_TABLE, NodePhase, NodeRecord
 from shoal.kernel.gcs.protocol import Heartbeat
 from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg, Received, Started, StorePut
@@ -53,6 +53,7 @@ class MembershipWorkload:
         self._last_heard: dict[NodeId, tuple[int, int]] = {}  # node -> (incarnation, t)
         self._incarnation: dict[NodeId, tuple[int, str]] = {}
         self._views: dict[NodeId, tuple[int, int, dict[NodeId, int]]] = {}
+        self._record_decoder = msgspec.msgpack.Decoder(NodeRecord)
 
     # --- building the cluster --------------------------------------------
 
@@ -81,6 +82,9 @@ class MembershipWorkload:
 
     # --- invariants at every step ----------------------------------------
 
+    # Observers run after every step: they test types with ``type(x) is C`` (these
+    # message classes have no subclasses), as isinstance is slow for msgspec classes.
+
     def observe(self, proc: SimProcess, event: Msg, effects: list[Msg]) -> None:
         if proc is self._gcs_proc:
             self._observe_gcs(proc, event, effects)
@@ -91,20 +95,21 @@ class MembershipWorkload:
         gcs = proc.kernel
         assert isinstance(gcs, Gcs)
         now = self._sim.now
-        if isinstance(event, Started):
+        event_type = type(event)
+        if event_type is Started:
             for info in gcs.node_table:
                 if info.state == "alive":
                     self._last_heard[info.node_id] = (info.incarnation, now)
-        elif isinstance(event, Received) and isinstance(event.msg, Heartbeat):
+        elif event_type is Received and type(event.msg) is Heartbeat:
             # Only a heartbeat of the live incarnation is evidence that it is alive;
             # new registrations are counted from their alive record below.
-            info = gcs.nodes.info(event.msg.node_id)
-            if info is not None and info.state == "alive":
-                if event.msg.incarnation == info.incarnation:
-                    self._last_heard[info.node_id] = (info.incarnation, now)
+            row = gcs.nodes.rows_by_id.get(event.msg.node_id)
+            if row is not None and row.phase is NodePhase.ALIVE:
+                if event.msg.incarnation == row.incarnation:
+                    self._last_heard[row.node_id] = (row.incarnation, now)
         for effect in effects:
-            if isinstance(effect, StorePut) and effect.table == NODES_TABLE:
-                self._check_record(msgspec.msgpack.decode(effect.value, type=NodeRecord), now)
+            if type(effect) is StorePut and effect.table == NODES_TABLE:
+                self._check_record(self._record_decoder.decode(effect.value), now)
 
     def _check_record(self, rec: NodeRecord, now: int) -> None:
         sim = self._sim
