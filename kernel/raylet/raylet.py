@@ -224,8 +224,6 @@ class Raylet:
                 return leases.on_view_changed(now) if self.cluster.apply(msg) else []
             case NodeTableUpdate() | NodeRegistered() | NodeDeclaredDead():
                 return self._on_membership(msg, now)
-            # Each class pattern costs an isinstance call, slow for msgspec classes
-            # (their metaclass is not ``type``): the frequent messages come first.
             case CancelLeaseRequest():
                 return leases.on_cancel(src, msg, now)
             case RegisterWorker():
