@@ -149,6 +149,8 @@ class NodeDirectory:
         self._pollers: dict[Address, _Subscriber] = {}
         self._raylet_known: dict[NodeId, int] = {}
         self.version = 0
+        self._rows_cache: tuple[NodeInfo, ...] = ()
+        self._rows_at_version = -1  # the version ``_rows_cache`` was built at
         self._recover(recovered or {})
         self._log_base = self.version
         self._log: list[NodeId] = []
@@ -161,7 +163,12 @@ class NodeDirectory:
 
     @property
     def rows(self) -> tuple[NodeInfo, ...]:
-        return tuple(row.info() for row in self._rows.values())
+        # Every change to what a NodeInfo shows commits a new version, so the tuple
+        # built for a version stays right until the next; the GCS reads it often.
+        if self._rows_at_version != self.version:
+            self._rows_cache = tuple(row.info() for row in self._rows.values())
+            self._rows_at_version = self.version
+        return self._rows_cache
 
     def info(self, node_id: NodeId) -> NodeInfo | None:
         row = self._rows.get(node_id)

@@ -97,12 +97,19 @@ class ClusterResources:
         self._log_base = 0
         self._log: list[NodeId] = []
         self._departed: dict[Address, int] = {}  # worker -> version that brought it, in order
+        self._rows_cache: tuple[NodeResources, ...] = ()
+        self._rows_at_version = -1  # the version ``_rows_cache`` was built at
 
     # --- introspection ---------------------------------------------------
 
     @property
     def rows(self) -> tuple[NodeResources, ...]:
-        return tuple(entry.row() for entry in self._entries.values())
+        # Every change to what a row shows commits a new version (epochs only start,
+        # with a new process), so the tuple built for a version stays right until the next.
+        if self._rows_at_version != self.version:
+            self._rows_cache = tuple(entry.row() for entry in self._entries.values())
+            self._rows_at_version = self.version
+        return self._rows_cache
 
     def row(self, node_id: NodeId) -> NodeResources | None:
         entry = self._entries.get(node_id)

@@ -141,7 +141,7 @@ class Raylet:
         self.objects = ObjectTable(node_id, config.objects)
         self.lease_checker = LeaseChecker(config.lease_checks)
         self.drivers = DriverExits(node_id, config.gcs)
-        self._last_was_heartbeat = False
+        self._indexes_untouched = False  # this step left leases, objects and bundles alone
         self._dead_nodes: dict[NodeId, None] = {}
 
     @property
@@ -162,7 +162,7 @@ class Raylet:
         # pattern is an isinstance call, slow for msgspec classes (their metaclass is
         # not ``type``).
         is_timer = type(event) is TimerFired
-        self._last_was_heartbeat = is_timer and event.key == HEARTBEAT_TIMER
+        self._indexes_untouched = is_timer and event.key == HEARTBEAT_TIMER
         if is_timer:
             return self._on_timer(event.key, now)
         match event:
@@ -200,6 +200,7 @@ class Raylet:
 
     def _on_lease_check_timer(self, now: Nanos) -> list[Msg]:
         effects, silent = self.lease_checker.on_timer(self.leases.granted(), now)
+        self._indexes_untouched = not silent  # a check round that reclaims nothing only reads
         for lease_id in silent:
             effects += self.leases.reclaim(lease_id, (
                 f"its owner answered no lease check for "
@@ -316,12 +317,13 @@ class Raylet:
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the raylet's indexes disagree.
 
-        A heartbeat tick only reads the lease ledger (for the resource report), so
-        after one the lease and object indexes are as last checked: skip them, as
-        heartbeats are most of a raylet's steps."""
+        A heartbeat tick only reads the lease ledger (for the resource report), and
+        a lease-check round that reclaims nothing only reads the granted leases, so
+        after either the lease, object and bundle indexes are as last checked: skip
+        them, as these timers are most of a raylet's steps."""
         self.membership.check_invariants()
         self.drivers.check_invariants()
-        if self._last_was_heartbeat:
+        if self._indexes_untouched:
             return
         self.leases.check_invariants()
         self.objects.check_invariants()

@@ -198,17 +198,21 @@ class LocalResources:
         return held
 
     def check_invariants(self) -> None:
-        for name, total in self.total.items():
-            held = sum(h.get(name, 0) for h in self._held.values())
-            if self.available[name] + held != total:
-                raise InvariantViolation(
-                    f"raylet resources: {name} available {self.available[name]} + held "
-                    f"{held} != total {total} (units of 1/{UNITS_PER_RESOURCE})")
+        if not self._held and self.available == self.total:
+            return  # nothing held: all is available (the common case, checked cheaply)
+        held_sums: Units = {}
         for holder, shares in self._held.items():
             for name, amount in shares.items():
                 if name not in self.total or amount < 0:
                     raise InvariantViolation(
                         f"raylet resources: {holder!r} holds {amount} of {name!r}")
+                held_sums[name] = held_sums.get(name, 0) + amount
+        for name, total in self.total.items():
+            held = held_sums.get(name, 0)
+            if self.available.get(name, 0) + held != total:
+                raise InvariantViolation(
+                    f"raylet resources: {name} available {self.available.get(name, 0)} + held "
+                    f"{held} != total {total} (units of 1/{UNITS_PER_RESOURCE})")
         if set(self.available) != set(self.total):
             raise InvariantViolation("raylet resources: available and total name different "
                                      "resources")
