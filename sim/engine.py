@@ -15,6 +15,7 @@ those belong to the kernels, the network model and the fault plan.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import traceback
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from shoal.sim.network import Network
 from shoal.sim.trace import Trace
 
 _DELIVER, _TIMER, _CALL = 0, 1, 2
+_GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
 
 Store = dict[str, dict[bytes, bytes]]
 
@@ -149,6 +151,18 @@ class Engine:
 
     def run_until(self, end_ns: int) -> None:
         """Pops entries until ``end_ns`` (inclusive) or ``stop()``."""
+        # Every event allocates a few containers (heap entry, input, effect list), so
+        # at the default threshold (700) the cycle collector runs every ~100 events,
+        # and its older generations walk every live object of the simulation: that
+        # was a third of the run's time. Collect young objects 70x less often instead.
+        saved = gc.get_threshold()
+        gc.set_threshold(max(saved[0], _GC_YOUNG_THRESHOLD), *saved[1:])
+        try:
+            self._run_until(end_ns)
+        finally:
+            gc.set_threshold(*saved)
+
+    def _run_until(self, end_ns: int) -> None:
         heap, pop, step = self._heap, heapq.heappop, self._step
         while heap and not self.stopped and heap[0][0] <= end_ns:
             at_ns, _, kind, a, b, c = pop(heap)
