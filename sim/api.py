@@ -101,3 +101,30 @@ def kill_node(node_id: str, *, restart_after: float = 1.0) -> None:
         raise ValueError(f"no node {node_id!r} in this simulation")
     engine.call_at(engine.now, lambda: engine.crash(raylet))
     engine.call_at(engine.now + int(restart_after * 1e9), lambda: engine.start(raylet))
+
+
+def start_driver(fn: Any, *, name: str) -> str:
+    """Starts a second driver process (a job of its own) on this process's node, running
+    ``fn()`` as its main; returns its address for ``kill_driver``. ``name`` tells drivers
+    apart: it must be new in this simulation."""
+    from shoal.kernel.messages import Address
+
+    context = _context()
+    address = Address(node=context.address.node, component="driver", worker=name)
+    if address in context.engine.processes:
+        raise ValueError(f"a driver named {name!r} already ran in this simulation; pick "
+                         "another name")
+    context.host.start_driver(address, fn)
+    return str(address)
+
+
+def kill_driver(driver: str) -> None:
+    """Fault injection: crashes the driver started by ``start_driver`` (as a SIGKILL
+    would). Its raylet sees it exit and the GCS ends its job: its actors that are not
+    detached die, its placement groups that are not detached are removed."""
+    engine = _context().engine
+    found = [a for a in engine.processes if str(a) == driver and a.component == "driver"]
+    if not found:
+        raise ValueError(f"no driver {driver!r} in this simulation; pass what start_driver "
+                         "returned")
+    engine.call_at(engine.now, lambda: engine.crash(found[0]))

@@ -7,7 +7,8 @@ and user code:
 * ``StartWorker``/``KillWorker`` (raylet): a worker process (a ``CoreWorker``
   kernel) starts after ``worker_start_ns``; a killed or crashed worker's user
   threads are unwound and its raylet is told ``WorkerExited``. A crashed raylet
-  takes its workers down with it.
+  takes its workers down with it. A crashed driver's raylet is told
+  ``DriverExited`` (its job ends); ``start_driver`` adds more drivers.
 * ``ExecuteTask`` (core worker): the task's user code runs in a new baton
   thread, through the host-agnostic executor of the API layer; its outcome is
   fed back as ``TaskExecuted``. ``InterruptTask`` raises ``TaskCancelledError``
@@ -32,6 +33,7 @@ import msgspec
 
 from shoal.kernel.buggify import Buggify
 from shoal.kernel.core_worker import CoreWorker
+from shoal.kernel.core_worker.core_worker import host_config
 from shoal.kernel.core_worker.protocol import (
     CancelRequested,
     LocalObject,
@@ -57,7 +59,7 @@ from shoal.kernel.raylet.object_protocol import (
     SendObjectChunks,
     WriteObjectChunk,
 )
-from shoal.kernel.raylet.protocol import KillWorker, StartWorker, WorkerExited
+from shoal.kernel.raylet.protocol import DriverExited, KillWorker, StartWorker, WorkerExited
 from shoal.kernel.task_spec import (
     INLINE_BYTES_MAX,
     ObjectRefInfo,
@@ -121,7 +123,7 @@ class TaskHost:
         raylet = Address(node=address.node, component="raylet")
 
         def build(boot: int, store: Store, buggify: Buggify) -> CoreWorker:
-            return CoreWorker(address, raylet=raylet, gcs=self.gcs)
+            return CoreWorker(address, raylet=raylet, gcs=self.gcs, config=host_config())
 
         proc = self.sim.add_process(address, build)
         proc.restartable = address.component != "worker"  # its raylet starts new ones
@@ -154,6 +156,15 @@ class TaskHost:
                 return True
         return False
 
+    def start_driver(self, address: Address, fn: Any) -> UserThread:
+        """Starts another driver process at ``address`` running ``fn`` (tests: a second job).
+
+        It is not restarted after a crash: a driver that died ended its job for good."""
+        proc = self.add_core_worker(address)
+        proc.restartable = False
+        self.engine.start(address)
+        return self.spawn(address, fn, name=f"driver {address.worker}")
+
     def _on_start_worker(self, proc: SimProcess, effect: Msg) -> None:
         assert isinstance(effect, StartWorker)
         address = Address(node=proc.address.node, component="worker", worker=effect.worker_id)
@@ -181,6 +192,11 @@ class TaskHost:
             exited = WorkerExited(worker_id=WorkerId(address.worker), cause="worker process died")
             self.engine.call_at(self.engine.now + NANOS_PER_MILLI,
                                 lambda: self.engine.inject(raylet, exited))
+        elif address.component == "driver":
+            raylet = Address(node=address.node, component="raylet")
+            gone = DriverExited(driver=address, cause="driver process died")
+            self.engine.call_at(self.engine.now + NANOS_PER_MILLI,
+                                lambda: self.engine.inject(raylet, gone))
         elif address.component == "raylet":
             # The store lives in the raylet's process: its objects die with it.
             self.stores.pop(address.node, None)
