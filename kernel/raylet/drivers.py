@@ -8,7 +8,8 @@ raylet reports it to the GCS at once (``DriverExitReport``) and again on every
 heartbeat tick until the GCS acknowledges it (``DriverExitAck``), since a
 message may be lost; the GCS then ends the driver's job (its non-detached
 actors and placement groups, ``kernel/gcs/jobs.py``). The raylet itself ends
-the leases the driver held here (``LeaseManager.on_owner_exited``).
+the leases the driver held here (``LeaseManager.on_owner_exited``), and ignores lease requests from
+it that arrive late (the last ``EXITED_MAX`` exits are remembered).
 
 Limits: at most ``PENDING_MAX`` unacknowledged reports are kept, the oldest
 dropped first (a GCS that is away that long misses those jobs' ends; their
@@ -26,6 +27,7 @@ from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg, Send
 
 PENDING_MAX = 256
+EXITED_MAX = 1024
 
 
 class DriverExits:
@@ -35,10 +37,14 @@ class DriverExits:
         self._node_id = node_id
         self._gcs = gcs
         self._pending: dict[Address, str] = {}  # driver -> cause, oldest first
+        self._exited: dict[Address, None] = {}  # the last EXITED_MAX, oldest first
 
     @property
     def pending(self) -> tuple[Address, ...]:
         return tuple(self._pending)
+
+    def exited(self, driver: Address) -> bool:
+        return driver in self._exited
 
     def is_local_driver(self, driver: Address) -> bool:
         return driver.component == "driver" and driver.node == self._node_id
@@ -50,6 +56,9 @@ class DriverExits:
         self._pending[driver] = cause
         while len(self._pending) > PENDING_MAX:
             del self._pending[next(iter(self._pending))]
+        self._exited[driver] = None
+        while len(self._exited) > EXITED_MAX:
+            del self._exited[next(iter(self._exited))]
         return [self._report(driver, cause)]
 
     def on_heartbeat(self) -> list[Msg]:
@@ -64,9 +73,10 @@ class DriverExits:
         return Send(dst=self._gcs, msg=DriverExitReport(driver=driver, cause=cause))
 
     def check_invariants(self) -> None:
-        if len(self._pending) > PENDING_MAX:
+        if len(self._pending) > PENDING_MAX or len(self._exited) > EXITED_MAX:
             raise InvariantViolation(f"raylet drivers: {len(self._pending)} exit reports "
-                                     f"pending, above PENDING_MAX {PENDING_MAX}")
+                                     f"pending or {len(self._exited)} exits kept, above PENDING_MAX "
+                                     f"{PENDING_MAX} or EXITED_MAX {EXITED_MAX}")
         for driver in self._pending:
             if not self.is_local_driver(driver):
                 raise InvariantViolation(f"raylet drivers: pending exit report of {driver}, "

@@ -214,6 +214,8 @@ class Raylet:
                 return [Send(dst=src, msg=LeaseRejected(request_id=msg.request_id, reason=(
                     f"raylet {self.node_id!r} refused lease request {msg.request_id} of "
                     f"{src}: {self.bundles.refusal(msg.shape)}")))]
+            case RequestWorkerLease() if self.drivers.exited(src):
+                return []  # sent before its driver exited, delivered after: nobody to grant
             case RequestWorkerLease():
                 return leases.on_request(src, msg, now)
             case ReturnWorker():

@@ -96,6 +96,9 @@ def test_the_raylet_reports_a_driver_exit_and_kills_the_workers_it_leased() -> N
     ]
     assert raylet.leases.granted() == []
     assert raylet.quiescence_problems() == []
+    late = Received(src=DRIVER, msg=RequestWorkerLease(request_id=2, shape={"CPU": 1.0}))
+    assert step(raylet, late) == []  # sent before the exit, delivered after: ignored
+    assert raylet.quiescence_problems() == []
 
 
 def test_the_report_is_retransmitted_on_heartbeats_until_the_gcs_acknowledges_it() -> None:
