@@ -23,8 +23,10 @@ class Holder:
 
 
 def _second_job(state: dict[str, Any]) -> None:
-    temporary = Holder.options(name="temporary").remote()
-    kept = Holder.options(name="kept", lifetime="detached").remote()
+    restarts = state.get("max_restarts", 0)  # under crash faults: outlive injected crashes
+    options = {"max_restarts": restarts, "max_task_retries": restarts}
+    temporary = Holder.options(name="temporary", **options).remote()
+    kept = Holder.options(name="kept", lifetime="detached", **options).remote()
     group = placement_group([{"CPU": 0.5}])
     assert group.wait(30)
     assert shoal.get([temporary.ping.remote(), kept.ping.remote()]) == ["pong", "pong"]
@@ -51,11 +53,12 @@ def _main(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _run(seed: int, faults: str = "none") -> tuple[ProgramWorkload, dict[str, Any]]:
-    state: dict[str, Any] = {}
+def _run(seed: int, faults: str = "none", *, nodes: int = 1,
+         max_restarts: int = 0) -> tuple[ProgramWorkload, dict[str, Any]]:
+    state: dict[str, Any] = {"max_restarts": max_restarts}
     workload = ProgramWorkload(Random(seed), lambda: _main(state))
     try:
-        report = run_simulation(RunConfig(seed=seed, nodes=1, workload="program", until_s=120,
+        report = run_simulation(RunConfig(seed=seed, nodes=nodes, workload="program", until_s=120,
                                           faults=faults), workload)
     finally:
         workload.shutdown()
@@ -89,3 +92,17 @@ def test_the_job_end_survives_a_lossy_network() -> None:
     rows = {r.spec.name: r for r in gcs.actors.rows}
     assert rows["temporary"].phase.value == "DEAD" and rows["kept"].phase.value == "ALIVE"
     assert gcs.placement_groups.row(state["group"]).state.value == "REMOVED"
+
+
+@pytest.mark.parametrize("faults", ["crash", "chaos"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_job_end_survives_crashes_of_raylets_gcs_and_workers(faults: str, seed: int) -> None:
+    """Actors that restart forever: only the job's end may kill the temporary one."""
+    workload, state = _run(seed, faults, nodes=2, max_restarts=-1)
+    gcs = workload._gcs_proc.kernel  # type: ignore[attr-defined]
+    rows = {r.spec.name: r for r in gcs.actors.rows}
+    assert rows["temporary"].phase.value == "DEAD"
+    assert rows["temporary"].death.kind == "owner_died"
+    assert rows["kept"].phase.value != "DEAD"
+    assert gcs.placement_groups.row(state["group"]).state.value == "REMOVED"
+    assert [str(j.driver) for j in gcs.jobs.finished] == ["n0/driver/job2"]
