@@ -105,16 +105,23 @@ class _Row:
     death_cause: str
     version: int
     last_heartbeat_ns: Nanos
+    # The NodeInfo built at ``info_version``: every change to what it shows commits a
+    # new version, and rows are published far more often than they change.
+    info_cache: NodeInfo | None = None
+    info_version: int = -1
 
     def info(self) -> NodeInfo:
-        return NodeInfo(
-            node_id=self.node_id,
-            incarnation=self.incarnation,
-            state=self.phase.value,
-            resources=self.resources,
-            endpoint=self.endpoint,
-            death_cause=self.death_cause,
-        )
+        if self.info_cache is None or self.info_version != self.version:
+            self.info_cache = NodeInfo(
+                node_id=self.node_id,
+                incarnation=self.incarnation,
+                state=self.phase.value,
+                resources=self.resources,
+                endpoint=self.endpoint,
+                death_cause=self.death_cause,
+            )
+            self.info_version = self.version
+        return self.info_cache
 
     def record(self) -> NodeRecord:
         return NodeRecord(

@@ -26,7 +26,7 @@ import msgspec
 from shoal.kernel.buggify import Buggify
 from shoal.kernel.gcs import Gcs, GcsConfig, gcs_address
 from shoal.kernel.gcs.membership import NODES_TABLE, NodePhase, NodeRecord
-from shoal.kernel.gcs.protocol import Heartbeat
+from shoal.kernel.gcs.protocol import Heartbeat, NodeInfo
 from shoal.kernel.ids import NodeId
 from shoal.kernel.messages import Address, Msg, Received, Started, StorePut
 from shoal.kernel.raylet import MemberPhase, Raylet, RayletConfig
@@ -52,7 +52,8 @@ class MembershipWorkload:
         self._raylets: dict[NodeId, SimProcess] = {}
         self._last_heard: dict[NodeId, tuple[int, int]] = {}  # node -> (incarnation, t)
         self._incarnation: dict[NodeId, tuple[int, str]] = {}
-        self._views: dict[NodeId, tuple[int, int, dict[NodeId, int]]] = {}
+        # node -> (boot, view version, the NodeInfo last checked for each node in its view)
+        self._views: dict[NodeId, tuple[int, int, dict[NodeId, NodeInfo]]] = {}
         self._record_decoder = msgspec.msgpack.Decoder(NodeRecord)
 
     # --- building the cluster --------------------------------------------
@@ -145,11 +146,14 @@ class MembershipWorkload:
             self._sim.violation(f"raylet {node_id!r}: node-table view went back from "
                                 f"version {version} to {view.version}")
         for other, info in view.nodes.items():
-            if info.incarnation < seen.get(other, 0):
+            last = seen.get(other)
+            if last is info:
+                continue  # the very record checked last time (NodeInfo is immutable)
+            if last is not None and info.incarnation < last.incarnation:
                 self._sim.violation(
                     f"raylet {node_id!r}: view of {other!r} went back from incarnation "
-                    f"{seen[other]} to {info.incarnation}")
-            seen[other] = info.incarnation
+                    f"{last.incarnation} to {info.incarnation}")
+            seen[other] = info
         self._views[node_id] = (boot, view.version, seen)
 
     # --- liveness --------------------------------------------------------
