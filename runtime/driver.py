@@ -64,6 +64,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 from shoal.kernel.core_worker import CoreWorker
+from shoal.kernel.core_worker.core_worker import host_config
 from shoal.kernel.core_worker.actor_protocol import ActorCallRefused, ActorRequestCompleted
 from shoal.kernel.core_worker.protocol import (
     CancelRequested,
@@ -221,7 +222,8 @@ class CoreWorkerRuntime:
             return
         assert reply.raylet is not None and reply.gcs is not None
         self._conn, self.reply = conn, reply
-        self.kernel = CoreWorker(self.address, raylet=reply.raylet, gcs=reply.gcs)
+        self.kernel = CoreWorker(self.address, raylet=reply.raylet, gcs=reply.gcs,
+                                 config=host_config())
         self.loop = KernelLoop(self._route, log=self._log)
         conn.defer_writes_to(self.loop.round_flush)
         self.links = DirectLinks(me=self.address, token=self._token,

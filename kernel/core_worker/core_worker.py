@@ -95,6 +95,8 @@ from shoal.kernel.core_worker.streams import NEXT_TIMER_PREFIX, RESEND_TIMER_PRE
 from shoal.kernel.core_worker.submitter import (
     LEASE_TIMER_PREFIX,
     PUSH_TIMER_PREFIX,
+    HOST_LINGER_NS,
+    LINGER_TIMER_PREFIX,
     RETURN_TIMER_PREFIX,
     Submitter,
     SubmitterConfig,
@@ -148,6 +150,11 @@ class CoreWorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     fetch_retry_ns: Nanos = 500 * NANOS_PER_MILLI
     actors: ActorCallerConfig = msgspec.field(default_factory=ActorCallerConfig)
 
+
+
+def host_config() -> CoreWorkerConfig:
+    """The configuration both hosts run core workers with (idle leases linger)."""
+    return CoreWorkerConfig(submitter=SubmitterConfig(lease_linger_ns=HOST_LINGER_NS))
 
 class CoreWorker:
     """The core worker kernel. ``handle`` is its only entry point."""
@@ -418,6 +425,8 @@ class CoreWorker:
             return self.submitter.on_lease_timer(int(key[len(LEASE_TIMER_PREFIX):]), now)
         if key.startswith(RETURN_TIMER_PREFIX):
             return self.submitter.on_return_timer(key[len(RETURN_TIMER_PREFIX):], now)
+        if key.startswith(LINGER_TIMER_PREFIX):
+            return self.submitter.on_linger_timer(key[len(LINGER_TIMER_PREFIX):], now)
         if key.startswith((HANDOFF_TIMER_PREFIX, REGISTER_TIMER_PREFIX)):
             return self.objects.on_forwarding_timer(key, now)
         if key.startswith(FETCH_TIMER_PREFIX):

@@ -9,8 +9,11 @@ its queue, its outstanding ``RequestWorkerLease``s (at most
 ``lease_requests_max`` and never more than queued tasks) and its leases. A
 granted lease runs one task at a time: the owner ``PushTask``s it (``PUSHED``)
 with the inline values of its ref arguments, and the worker answers
-``TaskDone``. An idle lease takes the next task of its key; with none left it is
-returned (``ReturnWorker``, retransmitted until ``ReturnWorkerAck``).
+``TaskDone``. An idle lease takes the next task of its key; with none left it
+lingers for ``lease_linger_ns`` (``HOST_LINGER_NS`` in both hosts: a driver calling ``get(f.remote())`` in a loop
+submits the next task within a millisecond: it then runs on the same worker,
+with no lease request and return between them), and is then returned
+(``ReturnWorker``, retransmitted until ``ReturnWorkerAck``).
 
 Loss and failure: lease requests and pushes are retransmitted on timers (the
 raylet and the worker dedupe). A worker that answers nothing for
@@ -63,6 +66,9 @@ from shoal.kernel.task_spec import ObjectRefInfo, Payload, TaskSpec, producing_t
 LEASE_TIMER_PREFIX = "lease.retry."
 PUSH_TIMER_PREFIX = "task.push."
 RETURN_TIMER_PREFIX = "lease.return."
+LINGER_TIMER_PREFIX = "lease.linger."
+HOST_LINGER_NS = 5_000_000  # what the hosts run with (the kernel's default, 0, keeps unit
+# tests' effect lists short: a lease is returned in the same step it goes idle)
 
 SchedulingKey = tuple[tuple[tuple[str, float], ...], str, bool]
 
@@ -85,6 +91,7 @@ class SubmitterConfig(msgspec.Struct, frozen=True, kw_only=True):
     push_retry_ns: Nanos = 1_000_000_000
     worker_silent_max: int = 10
     lease_requests_max: int = 10
+    lease_linger_ns: Nanos = 0  # an idle lease waits this long for work (hosts: HOST_LINGER_NS)
 
 
 @dataclass(slots=True, eq=False)
@@ -121,6 +128,7 @@ class _Lease:
     task_id: TaskId | None = None
     functions: dict[str, None] = field(default_factory=dict)
     returning: bool = False
+    idle_until: Nanos | None = None  # lingering: returned then unless it takes a task
 
 
 @dataclass(slots=True, eq=False)
@@ -316,7 +324,7 @@ class Submitter:
                 continue
             self._move(task, TaskPhase.PUSHED)
             task.lease_id, task.silent_pushes = lease.lease_id, 0
-            lease.task_id = task.spec.task_id
+            lease.task_id, lease.idle_until = task.spec.task_id, None
             return self._push(task, lease, now)
         return []  # idle: returned by return_idle_leases unless work for it shows up
 
@@ -324,11 +332,18 @@ class Submitter:
         """At the end of each input: gives back idle leases and withdraws lease requests
         of keys with no queued task, so nothing is held for work that is gone."""
         effects: list[Msg] = []
+        linger = self._config.lease_linger_ns
         for lease in [lz for lz in self._leases.values() if lz.task_id is None]:
             state = self._keys.get(lease.key)
-            if state is None or not state.queue:
+            if state is not None and state.queue:
+                continue
+            if linger <= 0 or (lease.idle_until is not None and now >= lease.idle_until):
                 effects += self._return(lease, now)
                 self._forget_key_if_empty(lease.key)
+            elif lease.idle_until is None:
+                lease.idle_until = now + linger
+                effects.append(SetTimer(key=f"{LINGER_TIMER_PREFIX}{lease.lease_id}",
+                                        at_ns=lease.idle_until))
         for key, state in list(self._keys.items()):
             if state.queue or not state.requests:
                 continue
@@ -371,6 +386,11 @@ class Submitter:
             waiting = request is not None and request.raylet == src
             (held if lease_id in self._leases or waiting else released).append(lease_id)
         return LeaseCheckReply(held=tuple(held), released=tuple(released))
+
+    def on_linger_timer(self, lease_id: str, now: Nanos) -> list[Msg]:
+        """A lingering lease's time is up: ``settle`` (after this input) returns it if it
+        is still idle; one that took a task meanwhile lingers again when it is idle."""
+        return []
 
     def on_return_timer(self, lease_id: str, now: Nanos) -> list[Msg]:
         lease = self._returning.pop(lease_id, None)

@@ -293,3 +293,38 @@ def test_every_protocol_message_round_trips() -> None:
 @pytest.mark.parametrize("kind", ["task_error", "worker_crashed", "object_lost"])
 def test_error_kinds_are_validated(kind: str) -> None:
     ObjectError(kind=kind, message="m")  # type: ignore[arg-type]
+
+
+def test_an_idle_lease_lingers_for_the_next_task_then_is_returned() -> None:
+    from shoal.kernel.core_worker.core_worker import host_config
+
+    linger = host_config().submitter.lease_linger_ns
+    core = CoreWorker(DRIVER, raylet=RAYLET, gcs=GCS, config=host_config())
+    core.handle(Started(), now=0)
+    core.handle(TaskSubmitted(spec=spec("t1"), function=b"code"), now=0)
+    granted(core)
+    first = TaskDone(task_id="t1", attempt=0, results=(
+        ObjectResult(object_id="t1.r0", value=value(b"1")),))
+    assert core.handle(Received(src=WORKER, msg=first), now=10) == [
+        CancelTimer(key="task.push.t1"),
+        SetTimer(key="lease.linger.L1", at_ns=10 + linger),  # not returned yet
+    ]
+    # The next task arrives while the lease lingers: pushed to the same worker at once,
+    # no lease request and no return in between.
+    second = spec("t2")
+    assert core.handle(TaskSubmitted(spec=second, function=b"code"), now=20) == [
+        Send(dst=WORKER, msg=PushTask(lease_id="L1", spec=second, function=b"", resolved=())),
+        SetTimer(key="task.push.t2", at_ns=20 + S),
+    ]
+    assert core.handle(TimerFired(key="lease.linger.L1"), now=10 + linger) == []  # busy
+    done = TaskDone(task_id="t2", attempt=0, results=(
+        ObjectResult(object_id="t2.r0", value=value(b"2")),))
+    at = 30 + linger
+    assert core.handle(Received(src=WORKER, msg=done), now=at) == [
+        CancelTimer(key="task.push.t2"),
+        SetTimer(key="lease.linger.L1", at_ns=at + linger),  # lingers again, afresh
+    ]
+    assert core.handle(TimerFired(key="lease.linger.L1"), now=at + linger) == [
+        Send(dst=RAYLET, msg=ReturnWorker(lease_id="L1")),
+        SetTimer(key="lease.return.L1", at_ns=at + linger + S),
+    ]
