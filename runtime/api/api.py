@@ -195,25 +195,37 @@ def wait(
     if not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs)}")
     _check_timeout(timeout)
-    for ref in object_refs:
-        if not isinstance(ref, ObjectRef):
-            raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(ref)}")
-    if not object_refs:
+    # One pass per step, each as cheap as Python allows: a loop of wait(num_returns=1)
+    # over a shrinking list is quadratic in the refs (Ray's "wait 1k refs" row).
+    try:
+        infos = [ref._info for ref in object_refs]
+    except AttributeError:
+        bad = next(ref for ref in object_refs if not isinstance(ref, ObjectRef))
+        raise TypeError(
+            f"wait() expected a list of ObjectRef, got list containing {type(bad)}") from None
+    if not infos:
         return [], []
-    if len(object_refs) != len(set(object_refs)):
+    if len({info.object_id for info in infos}) != len(infos):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
-    if num_returns > len(object_refs):
+    if num_returns > len(infos):
         raise ValueError(
             "num_returns cannot be greater than the number of objects provided to wait "
-            f"(num_returns={num_returns}, {len(object_refs)} refs).")
+            f"(num_returns={num_returns}, {len(infos)} refs).")
     ctx = get_context()
-    done = set(ctx.wait_objects([ref.info for ref in object_refs], num_returns,
-                                None if timeout is None else float(timeout), bool(fetch_local)))
-    ready = [ref for ref in object_refs if ref.object_id in done][:num_returns]
-    chosen = {ref.object_id for ref in ready}
-    return ready, [ref for ref in object_refs if ref.object_id not in chosen]
+    done = ctx.wait_objects(infos, num_returns, None if timeout is None else float(timeout),
+                            bool(fetch_local))
+    if not done:
+        return [], list(object_refs)
+    wanted = dict.fromkeys(done)
+    picked = [i for i, info in enumerate(infos) if info.object_id in wanted][:num_returns]
+    ready = [object_refs[i] for i in picked]
+    if len(picked) == 1:  # the common case: slicing around it beats a comprehension
+        i = picked[0]
+        return ready, object_refs[:i] + object_refs[i + 1:]
+    chosen = set(picked)
+    return ready, [ref for i, ref in enumerate(object_refs) if i not in chosen]
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
