@@ -287,15 +287,14 @@ class Raylet:
         return effects
 
     def _on_nodes_changed(self, now: Nanos) -> list[Msg]:
-        newly_dead = {
-            info.node_id: None for info in self.membership.view.nodes.values()
-            if info.state == "dead" and info.node_id not in self._dead_nodes
-        }
-        for node_id in newly_dead:
-            self._dead_nodes[node_id] = None
-        for info in self.membership.view.nodes.values():  # rejoined under a new incarnation
+        newly_dead: dict[NodeId, None] = {}
+        dead_nodes = self._dead_nodes
+        for info in self.membership.view.nodes.values():  # one pass: runs on every change
             if info.state == "alive":
-                self._dead_nodes.pop(info.node_id, None)
+                dead_nodes.pop(info.node_id, None)  # rejoined under a new incarnation
+            elif info.state == "dead" and info.node_id not in dead_nodes:
+                newly_dead[info.node_id] = None
+        dead_nodes.update(newly_dead)
         return self.objects.on_nodes_dead(newly_dead, now) if newly_dead else []
 
     def _on_heartbeat_timer(self, now: Nanos) -> list[Msg]:

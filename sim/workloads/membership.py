@@ -19,6 +19,8 @@ incarnation its raylet holds, and every raylet's view equals the GCS's table.
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import is_not
 from random import Random
 
 import msgspec
@@ -145,10 +147,15 @@ class MembershipWorkload:
         if view.version < version:
             self._sim.violation(f"raylet {node_id!r}: node-table view went back from "
                                 f"version {version} to {view.version}")
-        for other, info in view.nodes.items():
-            last = seen.get(other)
-            if last is info:
-                continue  # the very record checked last time (NodeInfo is immutable)
+        nodes = view.nodes
+        if list(nodes) == list(seen):  # the same nodes: find the changed records in C
+            changed = list(compress(nodes, map(is_not, nodes.values(), seen.values())))
+        else:
+            changed = list(nodes)
+        for other in changed:
+            # A record identical to the one checked last time (NodeInfo is immutable)
+            # needs no second look; any other is checked against it.
+            info, last = nodes[other], seen.get(other)
             if last is not None and info.incarnation < last.incarnation:
                 self._sim.violation(
                     f"raylet {node_id!r}: view of {other!r} went back from incarnation "
