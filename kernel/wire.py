@@ -39,7 +39,7 @@ WIRE_TYPES: tuple[type[Msg], ...] = (
     objects.ObjectLocationRemoved,
     objects.ObjectUnavailable, objects.FreeObjects, objects.RequestObject, objects.ObjectChunk,
     objects.ObjectMissing,
-    core.PushTask, core.TaskRunning, core.TaskDone, core.CancelTask, core.GetObject,
+    core.PushTask, core.TaskRunning, core.TaskDone, core.CancelTask, core.CancelForwarded, core.GetObject,
     core.ObjectStatus, core.RefReleased,
     core.RegisterBorrow, core.BorrowRegistered, core.AddBorrower, core.BorrowerAdded,
     *ACTOR_WIRE_TYPES, *ACTOR_CALL_WIRE_TYPES,  # actors (issue #4)

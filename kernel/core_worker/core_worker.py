@@ -68,6 +68,7 @@ from shoal.kernel.core_worker.protocol import (
     AddBorrower,
     BorrowerAdded,
     BorrowRegistered,
+    CancelForwarded,
     CancelRequested,
     CancelTask,
     GetObject,
@@ -256,7 +257,13 @@ class CoreWorker:
 
     # --- cancel ----------------------------------------------------------------
 
-    def _on_cancel_requested(self, event: CancelRequested, now: Nanos) -> list[Msg]:
+    def _on_cancel_requested(self, event: CancelRequested | CancelForwarded,
+                             now: Nanos) -> list[Msg]:
+        owner = self.objects.owner_of(event.object_id)
+        if isinstance(event, CancelRequested) and owner is not None and owner != self.address:
+            # A borrowed ref: only its owner knows where the task runs (Ray forwards too).
+            return [Send(dst=owner, msg=CancelForwarded(
+                object_id=event.object_id, force=event.force, recursive=event.recursive))]
         task_id = producing_task(event.object_id)
         if task_id is not None and self.actors.owns_call(task_id):
             return self.actors.cancel(task_id, now)  # force was refused by the API
@@ -355,6 +362,8 @@ class CoreWorker:
                 return self.objects.on_location_removed(msg)
             case CancelTask():
                 return self._on_cancel_task(src, msg, now)
+            case CancelForwarded():
+                return self._on_cancel_requested(msg, now)
             case StreamItem():  # streaming generators (issue 5)
                 return self.streams.on_item(src, msg)
             case StreamItemAck():

@@ -112,6 +112,16 @@ class CancelTask(Msg):
     recursive: bool = True  # also cancel the tasks it submitted while running (Ray's default)
 
 
+class CancelForwarded(Msg):
+    """Holder -> owner: ``shoal.cancel`` was called on a borrowed ref; the owner cancels
+    the task (or actor call) that returns ``object_id`` as if it had been asked itself.
+    Best effort, as Ray's cancel: not retransmitted."""
+
+    object_id: ObjectId
+    force: bool = False
+    recursive: bool = True
+
+
 # --- object resolution -----------------------------------------------------
 
 

@@ -209,3 +209,29 @@ def test_concurrency_groups_run_beside_the_default_group_each_within_its_limit()
     assert not result.violations, result.violations
     assert result.value == {"open": "open", "waits": ["opened"] * 3, "most": 2, "bad": True,
                             "unknown": True}
+
+
+def test_cancel_of_a_borrowed_ref_is_forwarded_to_its_owner() -> None:
+    def main() -> str:
+        @shoal.remote
+        def slow() -> str:
+            api.sleep(1000.0)
+            return "finished"
+
+        @shoal.remote
+        def canceller(refs: list[Any]) -> str:
+            shoal.cancel(refs[0])  # a ref this task borrows: the driver owns it
+            return "sent"
+
+        ref = slow.remote()
+        api.sleep(1.0)  # it runs
+        assert shoal.get(canceller.remote([ref])) == "sent"
+        try:
+            return f"not cancelled: {shoal.get(ref, timeout=60)}"
+        except shoal.exceptions.TaskCancelledError:
+            return "cancelled"
+
+    for seed in (4, 5):
+        result = Simulation(seed=seed, nodes=2).run(main)
+        assert not result.violations, result.violations
+        assert result.value == "cancelled", f"seed {seed}: {result.value}"
