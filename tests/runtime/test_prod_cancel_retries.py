@@ -150,3 +150,27 @@ def test_concurrency_groups(cluster: None) -> None:
     waits = [server.wait_open.remote() for _ in range(2)]
     assert shoal.get(server.open.remote(), timeout=20) == "open"
     assert shoal.get(waits, timeout=20) == ["opened", "opened"]
+
+
+def test_cancel_of_a_borrowed_ref_is_forwarded_to_its_owner(cluster: None) -> None:
+    @shoal.remote(num_cpus=0, max_retries=0)
+    def nap(seconds: float) -> str:
+        time.sleep(seconds)
+        return "slept"
+
+    @shoal.remote(num_cpus=0, max_retries=0)
+    def slow() -> str:
+        # Blocked in get when cancelled: in production a running task sees a (non-force)
+        # cancel at its next blocking shoal call, not inside time.sleep.
+        return shoal.get(nap.remote(5.0)) + " then finished"
+
+    @shoal.remote(num_cpus=0)
+    def canceller(refs: list[Any]) -> str:
+        shoal.cancel(refs[0])  # borrowed here: the driver owns it
+        return "sent"
+
+    ref = slow.remote()
+    time.sleep(0.5)  # it runs
+    assert shoal.get(canceller.remote([ref]), timeout=30) == "sent"
+    with pytest.raises(exceptions.TaskCancelledError):
+        shoal.get(ref, timeout=30)
