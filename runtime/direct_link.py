@@ -71,6 +71,7 @@ from shoal.runtime.local_transport import (
     FrameError,
     LocalLimits,
     peer_uid,
+    receive_hello,
 )
 
 DIRECT_PROTOCOL_VERSION = 1
@@ -416,16 +417,8 @@ class DirectLinks:
         uid = peer_uid(framed.stream)
         if uid is not None and uid != os.getuid():
             return f"peer uid {uid} is not this process's", None
-        with trio.move_on_after(self._limits.hello_timeout_s):
-            frame = await framed.receive()
-            if frame is None:
-                return "peer closed before saying hello", None
-            try:
-                hello = _hello_decoder.decode(frame)
-            except msgspec.DecodeError as exc:
-                return f"malformed hello: {exc}", None
-            return self._check(hello), hello
-        return f"no hello within {self._limits.hello_timeout_s}s", None
+        return await receive_hello(framed, _hello_decoder, self._limits.hello_timeout_s,
+                                   self._check)
 
     def _check(self, hello: DirectHello) -> str:
         if not hmac.compare_digest(hello.token.encode(), self._token):

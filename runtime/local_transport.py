@@ -52,7 +52,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -293,6 +293,24 @@ def peer_uid(stream: trio.SocketStream) -> int | None:
     return int(uid)
 
 
+
+H = TypeVar("H")
+
+async def receive_hello(framed: FramedStream, decoder: msgspec.msgpack.Decoder[H],
+                        timeout_s: float, check: Callable[[H], str]) -> tuple[str, H | None]:
+    """A peer's first frame, decoded and checked: ``(problem, hello)``, where problem is
+    "" for a hello to accept, and hello is None when none could be read in time."""
+    with trio.move_on_after(timeout_s):
+        frame = await framed.receive()
+        if frame is None:
+            return "peer closed before saying hello", None
+        try:
+            hello = decoder.decode(frame)
+        except msgspec.DecodeError as exc:
+            return f"malformed hello: {exc}", None
+        return check(hello), hello
+    return f"no hello within {timeout_s}s", None
+
 class LocalServer:
     """The daemon's side: accepts, authenticates and serves local processes."""
 
@@ -402,16 +420,8 @@ class LocalServer:
         return conn
 
     async def _receive_hello(self, framed: FramedStream) -> tuple[str, Hello | None]:
-        with trio.move_on_after(self._limits.hello_timeout_s):
-            frame = await framed.receive()
-            if frame is None:
-                return "peer closed before saying hello", None
-            try:
-                hello = _hello_decoder.decode(frame)
-            except msgspec.DecodeError as exc:
-                return f"malformed hello: {exc}", None
-            return self._check(hello), hello
-        return f"no hello within {self._limits.hello_timeout_s}s", None
+        return await receive_hello(framed, _hello_decoder, self._limits.hello_timeout_s,
+                                   self._check)
 
     def _check(self, hello: Hello) -> str:
         if not hmac.compare_digest(hello.token.encode(), self._token):
