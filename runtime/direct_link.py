@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +71,7 @@ from shoal.runtime.local_transport import (
     LocalLimits,
     peer_uid,
     receive_hello,
+    serve_unix,
 )
 
 DIRECT_PROTOCOL_VERSION = 1
@@ -357,29 +357,9 @@ class DirectLinks:
             self._log.warning("direct.not_listening", path=path, reason="path too long")
             task_status.started()
             return
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            os.unlink(path)  # a stale file of an earlier process with this id
-        except FileNotFoundError:
-            pass
-        old_umask = os.umask(0o177)
-        try:
-            await sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(128)
+        _unlink(path)  # a stale file of an earlier process with this id
         self.listen_path = path
-        listener = trio.SocketListener(sock)
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._serve_one, stream)
-        finally:
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
-            _unlink(path)
+        await serve_unix(path, 128, self._serve_one, task_status=task_status)
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, self._limits.frame_bytes_max)

@@ -50,7 +50,7 @@ import hmac
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -294,6 +294,35 @@ def peer_uid(stream: trio.SocketStream) -> int | None:
 
 
 
+
+async def serve_unix(path: str, backlog: int,
+                     serve_one: Callable[[trio.SocketStream], Awaitable[None]], *,
+                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Listens on a Unix socket at ``path`` that only this user may open (mode 0600),
+    serving each connection in a task of its own, until cancelled; then removes the
+    socket file."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(backlog)
+    listener = trio.SocketListener(sock)
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(serve_one, stream)
+    finally:
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
 H = TypeVar("H")
 
 async def receive_hello(framed: FramedStream, decoder: msgspec.msgpack.Decoder[H],
@@ -340,27 +369,7 @@ class LocalServer:
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listens on ``path`` until cancelled; removes the socket file at the end."""
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            await sock.bind(self.path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(512)
-        listener = trio.SocketListener(sock)
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._serve_one, stream)
-        finally:
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        await serve_unix(self.path, 512, self._serve_one, task_status=task_status)
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, self._limits.frame_bytes_max)
