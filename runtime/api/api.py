@@ -29,10 +29,10 @@ from shoal.runtime.api.context import (
     set_global_context,
     thread_context,
 )
-from shoal.runtime.api.exceptions import GetTimeoutError, RaySystemError, RayTaskError, error_for
+from shoal.runtime.api.exceptions import GetTimeoutError, RaySystemError
 from shoal.runtime.api.executor import current_task_spec
-from shoal.runtime.api.object_ref import ObjectRef
-from shoal.runtime.api.serialization import deserialize, serialize
+from shoal.runtime.api.object_ref import ObjectRef, value_of_result
+from shoal.runtime.api.serialization import serialize
 
 __all__ = [
     "RuntimeContext",
@@ -117,7 +117,7 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
             f"Get timed out: {len(late)} of {len(unique)} object(s) not ready after "
             f"{timeout} s (the first: {late[0]}). Raise the timeout, or use shoal.wait() "
             "to take the objects that are ready.")
-    values = [_value_of(by_id[ref.object_id], ref.info) for ref in refs]
+    values = [value_of_result(by_id[ref.object_id], ref.info) for ref in refs]
     return values[0] if single else values
 
 
@@ -126,25 +126,6 @@ def _unique_infos(refs: list[ObjectRef]) -> dict[ObjectId, ObjectRefInfo]:
     for ref in refs:
         unique.setdefault(ref.object_id, ref.info)
     return unique
-
-
-def _value_of(result: Any, info: ObjectRefInfo) -> Any:
-    if result.error is not None:
-        error: BaseException | None = error_for(result, info.owner)
-        if isinstance(error, RayTaskError):
-            error = error.as_instanceof_cause()
-        try:
-            raise error  # type: ignore[misc]
-        finally:
-            # A local holding the raised error makes a cycle (error -> traceback ->
-            # this frame -> error) that keeps the caller's frame, and every ObjectRef
-            # in it, alive until a garbage collection: refs would not be released
-            # when the program drops them.
-            error = None
-    try:
-        return deserialize(result.value)
-    except RaySystemError as exc:
-        raise RaySystemError(f"object {info.object_id}: {exc.client_exc}") from exc.__cause__
 
 
 def put(value: Any, *, _owner: Any = None) -> ObjectRef:

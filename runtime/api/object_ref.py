@@ -194,7 +194,12 @@ def _value_of(results: list[ObjectResult], info: ObjectRefInfo) -> Any:
     if len(results) != 1 or results[0].object_id != info.object_id:
         raise RaySystemError(f"the host answered an await of {info.object_id} with "
                              f"{[r.object_id for r in results]}")
-    result = results[0]
+    return value_of_result(results[0], info)
+
+
+def value_of_result(result: ObjectResult, info: ObjectRefInfo) -> Any:
+    """An object's value, or the error ``get`` raises for it (``RayTaskError`` also an
+    instance of the task's exception)."""
     if result.error is not None:
         error: BaseException | None = error_for(result, info.owner)
         if isinstance(error, RayTaskError):
@@ -202,7 +207,11 @@ def _value_of(results: list[ObjectResult], info: ObjectRefInfo) -> Any:
         try:
             raise error  # type: ignore[misc]
         finally:
-            error = None  # no error -> traceback -> frame -> error cycle keeping refs alive
+            # A local holding the raised error makes a cycle (error -> traceback ->
+            # this frame -> error) that keeps the caller's frame, and every ObjectRef
+            # in it, alive until a garbage collection: refs would not be released
+            # when the program drops them.
+            error = None
     try:
         return deserialize(result.value)  # type: ignore[arg-type]
     except RaySystemError as exc:
