@@ -40,7 +40,7 @@ from random import Random
 from typing import Any
 
 from shoal.sim.harness import ClusterSim
-from shoal.sim.program import ProgramWorkload
+from shoal.sim.workloads.settling import SettlingWorkload
 
 _RECORDER: _Recorder | None = None
 
@@ -384,7 +384,7 @@ def _check_fragile(refs: list[Any], exceptions: Any) -> None:
         assert count == index + 1, f"fragile call {index} answered {count}, not {index + 1}"
 
 
-class ActorsWorkload(ProgramWorkload):
+class ActorsWorkload(SettlingWorkload):
     """Runs ``actors_program`` and checks the cluster settles clean afterwards."""
 
     name = "actors"
@@ -400,46 +400,15 @@ class ActorsWorkload(ProgramWorkload):
         self._recorder = _RECORDER = _Recorder(sim)
         super().setup(sim)
 
-    def on_main_finished(self) -> None:
-        # Keep running: the cluster must still settle (checked by done()). A program that
-        # raised (a failed assertion on a result) is a violation, named as such.
-        error = self.thread.error if self.thread is not None else None
-        if error is not None and self._sim is not None:
-            self._sim.violation(f"the program raised {type(error).__name__}: {error}")
-
-    def done(self) -> bool:
-        return super().done() and not self._leaks(limit=1)
-
-    def pending(self) -> str:
-        if not super().done():
-            return super().pending()
-        return "; ".join(self._leaks(limit=5))
-
     def stats(self) -> dict[str, Any]:
         return {"actor_calls": self._recorder.calls if self._recorder else 0}
 
-    def _leaks(self, limit: int) -> list[str]:
-        out: list[str] = []
-        assert self.host is not None
-        gcs = self._gcs_proc.kernel if self._gcs_proc is not None else None
+    def extra_leaks(self) -> list[str]:
+        gcs = self.gcs_kernel()
         if gcs is None:
             return ["the GCS is down"]
-        for row in gcs.actors.rows:  # type: ignore[attr-defined]
-            if row.phase.value != "DEAD":
-                out.append(f"actor {row.actor_id} is still {row.phase.value}")
-        if gcs.actors.returning_leases:  # type: ignore[attr-defined]
-            out.append(f"the GCS is still giving back leases {gcs.actors.returning_leases}")  # type: ignore[attr-defined]
-        for address, core in self.host.core_workers():
-            if core.actors.pending_calls or core.actors.pending_requests:
-                out.append(f"{address} still has {core.actors.pending_calls} actor calls and "
-                           f"{core.actors.pending_requests} GCS requests pending")
-            if core.submitter.pending_tasks or core.submitter.lease_count:
-                out.append(f"{address} still has {core.submitter.pending_tasks} tasks and "
-                           f"{core.submitter.lease_count} leases")
-            if len(core.objects):
-                out.append(f"{address} still holds {len(core.objects)} objects")
-        for node_id, proc in self._raylets.items():
-            raylet = proc.kernel
-            leaks = raylet.quiescence_problems() if raylet is not None else []  # type: ignore[attr-defined]
-            out += [f"raylet {node_id!r}: {problem}" for problem in leaks]
-        return out[:limit]
+        out = [f"actor {row.actor_id} is still {row.phase.value}"
+               for row in gcs.actors.rows if row.phase.value != "DEAD"]
+        if gcs.actors.returning_leases:
+            out.append(f"the GCS is still giving back leases {gcs.actors.returning_leases}")
+        return out

@@ -30,7 +30,7 @@ from random import Random
 from typing import Any
 
 from shoal.sim.harness import ClusterSim
-from shoal.sim.program import ProgramWorkload
+from shoal.sim.workloads.settling import SettlingWorkload
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 _BOOKINGS: _Bookings | None = None
@@ -196,7 +196,7 @@ def _use(pg: Any, shape: _Shape, draws: Random) -> None:
     pg.member = member  # removed with the group below; checked then
 
 
-class PlacementGroupsWorkload(ProgramWorkload):
+class PlacementGroupsWorkload(SettlingWorkload):
     """Runs ``placement_groups_program`` and checks the cluster settles clean afterwards."""
 
     name = "placement_groups"
@@ -213,48 +213,19 @@ class PlacementGroupsWorkload(ProgramWorkload):
         self._bookings = _BOOKINGS = _Bookings(sim)
         super().setup(sim)
 
-    def on_main_finished(self) -> None:
-        # Keep running: the cluster must still settle (checked by done()).
-        error = self.thread.error if self.thread is not None else None
-        if error is not None and self._sim is not None:
-            self._sim.violation(f"the program raised {type(error).__name__}: {error}")
-
-    def done(self) -> bool:
-        return super().done() and not self._leaks(limit=1)
-
-    def pending(self) -> str:
-        if not super().done():
-            return super().pending()
-        return "; ".join(self._leaks(limit=5))
-
     def stats(self) -> dict[str, Any]:
         result = self.thread.result if self.thread is not None and self.thread.finished else None
         return {"bundle_tasks": self._bookings.tasks if self._bookings else 0,
                 "groups_created": (result or {}).get("created", 0)}
 
-    def _leaks(self, limit: int) -> list[str]:
-        out: list[str] = []
-        assert self.host is not None
-        gcs = self._gcs_proc.kernel if self._gcs_proc is not None else None
+    def extra_leaks(self) -> list[str]:
+        gcs = self.gcs_kernel()
         if gcs is None:
             return ["the GCS is down"]
-        groups = gcs.placement_groups  # type: ignore[attr-defined]
-        for row in groups.rows:
-            if row.state.value != "REMOVED":
-                out.append(f"placement group {row.pg_id!r} is still {row.state.value}")
+        groups = gcs.placement_groups
+        out = [f"placement group {row.pg_id!r} is still {row.state.value}"
+               for row in groups.rows if row.state.value != "REMOVED"]
         if groups.releases:
             out.append(f"the GCS is still giving back bundles {groups.releases}")
-        for row in gcs.actors.rows:  # type: ignore[attr-defined]
-            if row.phase.value != "DEAD":
-                out.append(f"actor {row.actor_id} is still {row.phase.value}")
-        for address, core in self.host.core_workers():
-            if core.submitter.pending_tasks or core.submitter.lease_count:
-                out.append(f"{address} still has {core.submitter.pending_tasks} tasks and "
-                           f"{core.submitter.lease_count} leases")
-            if len(core.objects):
-                out.append(f"{address} still holds {len(core.objects)} objects")
-        for node_id, proc in self._raylets.items():
-            raylet = proc.kernel
-            leaks = raylet.quiescence_problems() if raylet is not None else []  # type: ignore[attr-defined]
-            out += [f"raylet {node_id!r}: {problem}" for problem in leaks]
-        return out[:limit]
+        return out + [f"actor {row.actor_id} is still {row.phase.value}"
+                      for row in gcs.actors.rows if row.phase.value != "DEAD"]

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from shoal.sim.harness import ClusterSim
-from shoal.sim.program import ProgramWorkload
+from shoal.sim.workloads.settling import SettlingWorkload
 
 
 def tasks_program(rng: Random, until_s: float = 30.0) -> Any:
@@ -179,7 +179,7 @@ def _stream_round(f: SimpleNamespace, shape: _Shape) -> None:
     del dropped  # half consumed: the rest must be released (checked at quiescence)
 
 
-class TasksWorkload(ProgramWorkload):
+class TasksWorkload(SettlingWorkload):
     """Runs ``tasks_program`` and checks the cluster settles clean afterwards."""
 
     name = "tasks"
@@ -192,32 +192,3 @@ class TasksWorkload(ProgramWorkload):
         self._main = tasks_program(self._program_rng, sim.config.until_s)
         super().setup(sim)
 
-    def on_main_finished(self) -> None:
-        """A wrong value or an undocumented error in the program is a violation; else keep
-        running: the cluster must still settle (checked by ``done``)."""
-        error = self.thread.error if self.thread is not None else None
-        if error is not None and self._sim is not None:
-            self._sim.violation(f"the tasks program raised {type(error).__name__}: {error}")
-
-    def done(self) -> bool:
-        return super().done() and not self._leaks(limit=1)
-
-    def pending(self) -> str:
-        if not super().done():
-            return super().pending()
-        return "; ".join(self._leaks(limit=5))
-
-    def _leaks(self, limit: int) -> list[str]:
-        out: list[str] = []
-        assert self.host is not None
-        for address, core in self.host.core_workers():
-            if core.submitter.pending_tasks or core.submitter.lease_count:
-                out.append(f"{address} still has {core.submitter.pending_tasks} tasks and "
-                           f"{core.submitter.lease_count} leases")
-            if len(core.objects):
-                out.append(f"{address} still holds {len(core.objects)} objects")
-        for node_id, proc in self._raylets.items():
-            raylet = proc.kernel
-            leaks = raylet.quiescence_problems() if raylet is not None else []
-            out += [f"raylet {node_id!r}: {problem}" for problem in leaks]
-        return out[:limit]
