@@ -51,6 +51,7 @@ process is dropped and logged. Nothing a peer sends raises here.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import time
@@ -205,8 +206,13 @@ class DirectLinks:
         self._links.append(link)
         hello = DirectHello(version=DIRECT_PROTOCOL_VERSION, token=self._token_text,
                             address=self.me, pid=os.getpid(), relayed=self._relayed.get(dst, 0))
-        assert self._nursery is not None
-        self._nursery.start_soon(self._connect, link, hello)
+        nursery = self._nursery
+        assert nursery is not None
+        start = functools.partial(nursery.start_soon, self._connect, link, hello)
+        if self._round_flush is not None:  # the round may run in a user thread
+            self._round_flush.call_in_trio(start)
+        else:
+            start()
         return link
 
     async def _connect(self, link: _Link, hello: DirectHello) -> None:

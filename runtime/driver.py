@@ -157,12 +157,24 @@ class CoreWorkerRuntime:
     def token(self) -> str:
         return self._token
 
-    def post(self, events: list[Msg]) -> bool:
-        """Hands inputs to the kernel from any thread; False once the loop is gone."""
+    def post(self, events: list[Msg], *, run: bool = True) -> bool:
+        """Hands inputs to the kernel from any thread; False once the loop is gone.
+
+        Args:
+            run: False only queues them (in order); ``run_posted`` then has them
+                handled, in this thread if no kernel round runs elsewhere.
+        """
         loop = self.loop
         if loop is None:
             return False
-        return loop.post_from_thread([(self.address, event) for event in events])
+        return loop.post_from_thread([(self.address, event) for event in events], run=run)
+
+    def run_posted(self) -> None:
+        """Has what was posted handled (see ``KernelLoop.run_posted``). Hold no lock
+        that a host effect takes: the round may run here and carry them out."""
+        loop = self.loop
+        if loop is not None:
+            loop.run_posted()
 
     def run_in_loop(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in the trio thread and returns its result (blocks the caller)."""
@@ -224,7 +236,9 @@ class CoreWorkerRuntime:
         self._conn, self.reply = conn, reply
         self.kernel = CoreWorker(self.address, raylet=reply.raylet, gcs=reply.gcs,
                                  config=host_config())
-        self.loop = KernelLoop(self._route, log=self._log)
+        # Inline rounds: a user thread that posts inputs runs the kernel itself when
+        # the trio thread is idle, instead of waking it (one thread hop less per call).
+        self.loop = KernelLoop(self._route, log=self._log, inline_rounds=os.environ.get("SHOAL_INLINE_ROUNDS", "1") == "1")
         conn.defer_writes_to(self.loop.round_flush)
         self.links = DirectLinks(me=self.address, token=self._token,
                                  session_dir=reply.session_dir, relay=conn.send,
@@ -426,12 +440,15 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
     # --- inputs to the kernel ---------------------------------------------------
 
     def _post(self, event: Msg | None) -> None:
-        with self._lock:
+        with self._lock:  # ref changes and the event are queued in the order they happened
             events = self._take_refs()
             if event is not None:
                 events.append(event)
-            if events and not self._runtime.post(events) and event is not None:
+            if not events:
+                return
+            if not self._runtime.post(events, run=False) and event is not None:
                 raise RaySystemError(self._lost or "the core worker's loop is not running")
+        self._runtime.run_posted()  # outside the lock: the round's effects may take it
 
     def _take_refs(self) -> list[Msg]:
         refs = self._refs

@@ -67,6 +67,7 @@ from shoal.kernel.messages import (
 )
 
 ROUND_INPUTS_MAX = 4_096  # inputs handled before the loop lets other trio tasks run
+IDLE_TICK_NS = 50_000_000  # with inline rounds, the loop's task wakes at least this often
 
 Router = Callable[[Address, Address, Msg], None]
 HostEffectHandler = Callable[[Address, Msg], None]
@@ -140,11 +141,16 @@ class TimerWheel:
 
 
 class RoundFlush:
-    """Work deferred to the end of the current round (transports' writes)."""
+    """Work deferred to the end of the current round (transports' writes).
+
+    ``call_in_trio`` runs a trio-only action (setting a ``trio.Event``, starting a
+    task) from whichever thread runs the round: at once on the loop's thread, else
+    handed to it (a round may run in a user thread: see ``KernelLoop``)."""
 
     def __init__(self) -> None:
         self.active = False
         self._pending: list[Callable[[], None]] = []
+        self.call_in_trio: Callable[[Callable[[], object]], None] = _call_now
 
     def defer(self, fn: Callable[[], None]) -> bool:
         """Queues ``fn`` for the end of the round; False outside a round (do it now)."""
@@ -158,6 +164,24 @@ class RoundFlush:
             pending, self._pending = self._pending, []
             for fn in pending:
                 fn()
+
+
+def _call_now(fn: Callable[[], object]) -> None:
+    fn()
+
+
+class _LockWhileRunning:
+    """A trio instrument: the loop's thread holds ``lock`` except while trio waits for
+    I/O, so a user thread that takes it knows no trio code runs meanwhile."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def before_io_wait(self, timeout: float) -> None:
+        self._lock.release()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._lock.acquire()
 
 
 @dataclass(slots=True, eq=False)
@@ -174,8 +198,11 @@ class KernelLoop:
     """Hosts the kernels of one process on the current trio run (see the module docstring)."""
 
     def __init__(self, route: Router, *, clock: Callable[[], int] = time.monotonic_ns,
-                 log: Any = None) -> None:
+                 log: Any = None, inline_rounds: bool = False) -> None:
         self._route = route
+        self._inline = inline_rounds
+        self._lock = threading.Lock()  # held by whoever runs kernels (see the docstring)
+        self._trio_thread: int | None = None
         self._clock = clock
         self._kernels: dict[Address, _Hosted] = {}
         self._inbox: deque[tuple[Address, Msg]] = deque()
@@ -189,6 +216,7 @@ class KernelLoop:
         self._sleeping = False
         self._crashed: Exception | None = None
         self.steps = 0
+        self.inline_rounds = 0  # rounds run by user threads (introspection)
         self._log = log or structlog.get_logger("shoal.runtime.kernel_host")
         self._trace = _debug_enabled(self._log)
 
@@ -231,8 +259,14 @@ class KernelLoop:
         if wake:
             self._wakeup.set()
 
-    def post_from_thread(self, items: list[tuple[Address, Msg]]) -> bool:
-        """Queues inputs from any other thread; one trio wakeup per round at most.
+    def post_from_thread(self, items: list[tuple[Address, Msg]], *, run: bool = True) -> bool:
+        """Queues inputs from any other thread and sees that a round takes them: in
+        this thread when inline rounds are on and no kernel runs, else in the loop's
+        (one trio wakeup per round at most).
+
+        Args:
+            run: False only queues them; the caller calls ``run_posted`` next (after
+                releasing locks that the round's host effects may take).
 
         Returns:
             False if the loop has finished and the inputs were dropped.
@@ -242,8 +276,16 @@ class KernelLoop:
             if ext.finished:
                 return False
             ext.items.extend(items)
-            if ext.wakeup_sent or self._token is None:
-                return True  # a wakeup is on its way, or the first round will take them
+        return self.run_posted() if run else True
+
+    def run_posted(self) -> bool:
+        """Has the posted inputs handled: inline if it can, else by waking the loop."""
+        if self._inline and self._run_inline():
+            return True
+        ext = self._external
+        with ext.lock:
+            if ext.wakeup_sent or self._token is None or not ext.items:
+                return not ext.finished  # a wakeup is on its way, or nothing to do
             ext.wakeup_sent = True
             token = self._token
         try:
@@ -251,6 +293,59 @@ class KernelLoop:
         except trio.RunFinishedError:
             return False
         return True
+
+    def _run_inline(self) -> bool:
+        """Runs rounds in the calling (non-trio) thread while no kernel runs elsewhere.
+
+        False when another thread holds the lock: if that is a user thread, it looks
+        at the posted inputs again once it lets go; the caller wakes the loop anyway.
+        """
+        lock, ext = self._lock, self._external
+        while True:
+            if (self._token is None or threading.get_ident() == self._trio_thread
+                    or not lock.acquire(blocking=False)):
+                return False
+            try:
+                if self._crashed is not None or ext.finished:
+                    return False
+                self._take_external()
+                if self._inbox:
+                    self._inline_round()
+            finally:
+                lock.release()
+            with ext.lock:  # posted while we held the lock, by a thread that then left
+                if not ext.items:
+                    return True
+
+    def _inline_round(self) -> None:
+        self.inline_rounds += 1
+        try:
+            self._round()
+        except Exception as exc:  # noqa: BLE001  # a kernel's bug: the loop's task raises it
+            self._crashed = exc
+            self._wake_loop_task()
+            return
+        if self._inbox:
+            self._wake_loop_task()  # over the round's budget: the loop's task goes on
+        elif self._sleeping:
+            deadline_ns = self._timers.next_deadline_ns()
+            if deadline_ns is not None and (self._sleep_until_ns is None
+                                            or deadline_ns < self._sleep_until_ns):
+                self._wake_loop_task()  # a timer earlier than the one it sleeps toward
+
+    def _wake_loop_task(self) -> None:
+        self.call_in_trio(lambda: self._wakeup.set())
+
+    def call_in_trio(self, fn: Callable[[], object]) -> None:
+        """Runs ``fn`` on the loop's thread: now if this is it, else as soon as it can."""
+        token = self._token
+        if token is None or threading.get_ident() == self._trio_thread:
+            fn()
+            return
+        try:
+            token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            pass  # the loop is gone, and with it whatever fn would have woken
 
     def _wake(self) -> None:
         self.run_now(external=True)
@@ -293,6 +388,13 @@ class KernelLoop:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Runs rounds until cancelled."""
+        instrument = None
+        if self._inline:
+            self._lock.acquire()  # held from now on except while trio waits for I/O
+            instrument = _LockWhileRunning(self._lock)
+            trio.lowlevel.add_instrument(instrument)
+            self.round_flush.call_in_trio = self.call_in_trio
+        self._trio_thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
         task_status.started()
         try:
@@ -300,6 +402,9 @@ class KernelLoop:
         finally:
             with self._external.lock:
                 self._external.finished = True
+            if instrument is not None:
+                trio.lowlevel.remove_instrument(instrument)
+                self._lock.release()
 
     async def _rounds(self) -> None:
         while True:
@@ -313,6 +418,9 @@ class KernelLoop:
                 await trio.lowlevel.checkpoint()
                 continue
             deadline_ns = self._timers.next_deadline_ns()
+            if self._inline:  # a round in a user thread wakes it only for a sooner timer
+                tick_ns = self._clock() + IDLE_TICK_NS
+                deadline_ns = tick_ns if deadline_ns is None else min(deadline_ns, tick_ns)
             self._sleep_until_ns, self._sleeping = deadline_ns, True
             try:
                 if deadline_ns is None:

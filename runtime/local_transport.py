@@ -184,8 +184,18 @@ class Connection:
             if flush is not None and flush.defer(self.flush_now):
                 self._flush_queued = True
             else:
-                self._wakeup.set()
+                self._wake_writer()
         return True
+
+    def _wake_writer(self) -> None:
+        flush = self._round_flush  # a round may run in a user thread: trio's Event is not
+        if flush is None:  # thread-safe, so setting it goes through the loop's thread
+            self._wakeup.set()
+        else:
+            flush.call_in_trio(self._set_wakeup)
+
+    def _set_wakeup(self) -> None:
+        self._wakeup.set()
 
     def defer_writes_to(self, round_flush: RoundFlush) -> None:
         """From now on, envelopes sent during a kernel loop round are written at its end."""
@@ -193,12 +203,14 @@ class Connection:
 
     def flush_now(self) -> None:
         """Writes the outbox now if the socket takes it whole, else leaves it (or the
-        rest) to the writer task. Trio thread, between awaits."""
+        rest) to the writer task. At the end of a round: on the trio thread between
+        awaits, or in a user thread running a round (the writer task then waits for
+        I/O or for the loop's lock, so it cannot be mid-write)."""
         self._flush_queued = False
         if self.closed or not self._outbox:
             return
         if self._writing or self._unsent:
-            self._wakeup.set()
+            self._wake_writer()
             return
         batch, self._outbox = self._outbox, []
         data = b"".join(_HEADER.pack(len(frame)) + frame for frame in self._frames(batch))
@@ -208,7 +220,7 @@ class Connection:
             sent = 0
         if sent < len(data):
             self._unsent = data[sent:]
-            self._wakeup.set()
+            self._wake_writer()
         else:
             self.inline_writes += 1
 
