@@ -191,7 +191,7 @@ class ProdActorContext:
             return 0  # the cluster is gone already, and its actors with it
         deadline = time.monotonic() + timeout_s
         for waiter in waiters:
-            waiter.event.wait(max(0.0, deadline - time.monotonic()))
+            waiter.wait(max(0.0, deadline - time.monotonic()))
         return len(owned)
 
     def on_call_refused(self, effect: ActorCallRefused) -> None:

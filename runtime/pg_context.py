@@ -82,5 +82,5 @@ class ProdPlacementGroupContext:
             return 0  # the cluster is gone already, and its groups with it
         deadline = time.monotonic() + timeout_s
         for waiter in waiters:
-            waiter.event.wait(max(0.0, deadline - time.monotonic()))
+            waiter.wait(max(0.0, deadline - time.monotonic()))
         return len(owned)

@@ -45,6 +45,7 @@ from shoal.runtime.api.serialization import serialize
 
 __all__ = ["RemoteFunction", "make_remote", "remote"]
 
+BOUND_SHAPES_MAX = 64
 _REMOTE_ARGS_ERROR = (
     "The @remote decorator must be applied either with no arguments and no parentheses, "
     "for example '@shoal.remote', or it must be applied using some of the arguments in "
@@ -93,6 +94,7 @@ class RemoteFunction:
         self._resolved: TaskOptions = resolve_task_options(
             self._default_options, generator=inspect.isgeneratorfunction(function))
         self._pickled = pickled if pickled is not None else _PickledFunction(function)
+        self._bound_shapes: dict[object, None] = {}  # argument shapes known to bind
         try:
             self._signature: inspect.Signature | None = inspect.signature(function)
         except (TypeError, ValueError):  # builtins and some C callables have none
@@ -128,10 +130,15 @@ class RemoteFunction:
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ctx = get_context()
         if self._signature is not None:
-            try:
-                self._signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{self._function_name}.remote(): {exc}") from None
+            # Whether arguments bind depends only on their count and keyword names.
+            shape = (len(args), tuple(kwargs)) if kwargs else len(args)
+            if shape not in self._bound_shapes:
+                try:
+                    self._signature.bind(*args, **kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"{self._function_name}.remote(): {exc}") from None
+                if len(self._bound_shapes) < BOUND_SHAPES_MAX:
+                    self._bound_shapes[shape] = None
         function, function_id = self._pickled.get(self._function_name)
         resolved = self._resolved
         name = resolved.name or self._function_name
