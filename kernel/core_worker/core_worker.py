@@ -97,6 +97,7 @@ from shoal.kernel.core_worker.submitter import (
     LEASE_TIMER_PREFIX,
     PUSH_TIMER_PREFIX,
     HOST_LINGER_NS,
+    HOST_PIPELINE_DEPTH,
     LINGER_TIMER_PREFIX,
     RETURN_TIMER_PREFIX,
     Submitter,
@@ -154,8 +155,10 @@ class CoreWorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def host_config() -> CoreWorkerConfig:
-    """The configuration both hosts run core workers with (idle leases linger)."""
-    return CoreWorkerConfig(submitter=SubmitterConfig(lease_linger_ns=HOST_LINGER_NS))
+    """The configuration both hosts run core workers with (idle leases linger, short
+    tasks are pipelined)."""
+    return CoreWorkerConfig(submitter=SubmitterConfig(lease_linger_ns=HOST_LINGER_NS,
+                                                      pipeline_depth=HOST_PIPELINE_DEPTH))
 
 class CoreWorker:
     """The core worker kernel. ``handle`` is its only entry point."""

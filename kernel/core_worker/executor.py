@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 ``PushTask`` from an owner is keyed by ``(task_id, attempt)``. A push of the
-task now running is answered ``TaskRunning``; of a task already finished, with
-the cached ``TaskDone`` (the first answer may have been lost); of a queued
-task, ignored; otherwise it is queued. The head of the queue is ``RESOLVING``
+task now running, or of one queued here (an owner pipelines pushes to a lease
+whose tasks are short), is answered ``TaskRunning``; of a task already
+finished, with the cached ``TaskDone`` (the first answer may have been lost);
+otherwise it is queued. The head of the queue is ``RESOLVING``
 while its ref arguments are fetched (the owner sends inline values along, so
 usually there is nothing to fetch), then ``RUNNING`` once the host is asked to
 ``ExecuteTask``. ``TaskExecuted`` from the host finishes it: the worker answers
@@ -99,10 +100,10 @@ class Executor:
         cached = self._done.get(key)
         if cached is not None:
             return [Send(dst=cached[0], msg=cached[1])]
-        if self._current is not None and self._current.key == key:
+        if (self._current is not None and self._current.key == key) or any(
+                (p.spec.task_id, p.spec.attempt) == key for p, _ in self._queue):
+            # Running, or queued behind another (a pipelined push): either way it is here.
             return [Send(dst=src, msg=TaskRunning(task_id=key[0], attempt=key[1]))]
-        if any((p.spec.task_id, p.spec.attempt) == key for p, _ in self._queue):
-            return []
         if msg.function:
             self._functions[msg.spec.function_id] = msg.function
         self._queue.append((msg, src))

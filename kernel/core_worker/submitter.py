@@ -9,7 +9,14 @@ its queue, its outstanding ``RequestWorkerLease``s (at most
 ``lease_requests_max`` and never more than queued tasks) and its leases. A
 granted lease runs one task at a time: the owner ``PushTask``s it (``PUSHED``)
 with the inline values of its ref arguments, and the worker answers
-``TaskDone``. An idle lease takes the next task of its key; with none left it
+``TaskDone``. Pipelining: a lease whose last task took at most
+``pipeline_fast_ns`` (measured here, from its push or the previous answer to
+its answer) has up to ``pipeline_depth`` tasks pushed at once, queued at the
+worker, so the worker starts the next one without waiting for a round trip
+(short tasks are bound by that latency, not by CPU). One slow task turns it
+off again, so a long task delays at most the tasks already queued behind it.
+A worker answers a re-push of a task it holds queued ``TaskRunning``, like
+one it runs, so queued tasks never look silent. An idle lease takes the next task of its key; with none left it
 lingers for ``lease_linger_ns`` (``HOST_LINGER_NS`` in both hosts: a driver calling ``get(f.remote())`` in a loop
 submits the next task within a millisecond: it then runs on the same worker,
 with no lease request and return between them), and is then returned
@@ -67,6 +74,7 @@ LEASE_TIMER_PREFIX = "lease.retry."
 PUSH_TIMER_PREFIX = "task.push."
 RETURN_TIMER_PREFIX = "lease.return."
 LINGER_TIMER_PREFIX = "lease.linger."
+HOST_PIPELINE_DEPTH = 4  # tasks in flight per lease whose tasks are short, in both hosts
 HOST_LINGER_NS = 5_000_000  # what the hosts run with (the kernel's default, 0, keeps unit
 # tests' effect lists short: a lease is returned in the same step it goes idle)
 
@@ -92,6 +100,8 @@ class SubmitterConfig(msgspec.Struct, frozen=True, kw_only=True):
     worker_silent_max: int = 10
     lease_requests_max: int = 10
     lease_linger_ns: Nanos = 0  # an idle lease waits this long for work (hosts: HOST_LINGER_NS)
+    pipeline_depth: int = 1  # tasks in flight per fast lease (hosts: HOST_PIPELINE_DEPTH)
+    pipeline_fast_ns: Nanos = 2_000_000
 
 
 @dataclass(slots=True, eq=False)
@@ -125,10 +135,12 @@ class _Lease:
     worker: Address
     raylet: Address
     key: SchedulingKey
-    task_id: TaskId | None = None
+    tasks: dict[TaskId, Nanos] = field(default_factory=dict)  # in flight, by push time
     functions: dict[str, None] = field(default_factory=dict)
     returning: bool = False
     idle_until: Nanos | None = None  # lingering: returned then unless it takes a task
+    fast: bool = False  # its last task was short: it may have several in flight
+    last_done: Nanos = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -241,7 +253,7 @@ class Submitter:
         effects: list[Msg] = []
         for lease_id in list(state.leases):
             lease = self._leases[lease_id]
-            if lease.task_id is None:
+            if not lease.tasks or lease.fast:
                 effects += self._next_on_lease(lease, now)
         wanted = min(len(state.queue), self._config.lease_requests_max)
         while len(state.requests) < wanted:
@@ -317,23 +329,27 @@ class Submitter:
         return effects + self._pump(request.key, now)
 
     def _next_on_lease(self, lease: _Lease, now: Nanos) -> list[Msg]:
+        """Pushes queued tasks of its key to the lease, up to its pipeline's depth."""
         state = self._keys.get(lease.key)
-        while state is not None and state.queue:
+        depth = self._config.pipeline_depth if lease.fast else 1
+        effects: list[Msg] = []
+        while state is not None and state.queue and len(lease.tasks) < depth:
             task = self._tasks.get(state.queue.popleft())
             if task is None or task.phase is not TaskPhase.QUEUED:
                 continue
             self._move(task, TaskPhase.PUSHED)
             task.lease_id, task.silent_pushes = lease.lease_id, 0
-            lease.task_id, lease.idle_until = task.spec.task_id, None
-            return self._push(task, lease, now)
-        return []  # idle: returned by return_idle_leases unless work for it shows up
+            lease.tasks[task.spec.task_id] = now
+            lease.idle_until = None
+            effects += self._push(task, lease, now)
+        return effects  # none: idle, returned by settle unless work for it shows up
 
     def settle(self, now: Nanos) -> list[Msg]:
         """At the end of each input: gives back idle leases and withdraws lease requests
         of keys with no queued task, so nothing is held for work that is gone."""
         effects: list[Msg] = []
         linger = self._config.lease_linger_ns
-        for lease in [lz for lz in self._leases.values() if lz.task_id is None]:
+        for lease in [lz for lz in self._leases.values() if not lz.tasks]:
             state = self._keys.get(lease.key)
             if state is not None and state.queue:
                 continue
@@ -443,7 +459,7 @@ class Submitter:
         lease = self._leases.get(task.lease_id)
         effects: list[Msg] = [CancelTimer(key=f"{PUSH_TIMER_PREFIX}{task.spec.task_id}")]
         if lease is not None:
-            lease.task_id = None
+            self._note_done(lease, task.spec.task_id, now)
         failed = any(r.error is not None for r in msg.results)
         if failed and msg.retryable_error and task.retries_left != 0 and not task.cancelled:
             effects += self._retry(task, now)
@@ -456,9 +472,16 @@ class Submitter:
                         self._objects.ensure(inner)
                         self._objects.mark_registered_borrower(inner.object_id)
             effects += self._finish(task, list(msg.results), msg.stream_count)
-        if lease is not None and lease.lease_id in self._leases and lease.task_id is None:
+        if lease is not None and lease.lease_id in self._leases:
             effects += self._next_on_lease(lease, now)
         return effects
+
+    def _note_done(self, lease: _Lease, task_id: TaskId, now: Nanos) -> None:
+        """A task of the lease answered: was it short (from its push, or from the answer
+        before it if it was queued behind that one)?"""
+        pushed = lease.tasks.pop(task_id, now)
+        lease.fast = now - max(pushed, lease.last_done) <= self._config.pipeline_fast_ns
+        lease.last_done = now
 
     def on_worker_died(self, msg: LeasedWorkerDied, now: Nanos) -> list[Msg]:
         lease = self._leases.get(msg.lease_id)
@@ -488,19 +511,23 @@ class Submitter:
         effects: list[Msg] = []
         if tell_raylet:
             effects += self._return(lease, now, failed=True)
-        task = self._tasks.get(lease.task_id) if lease.task_id else None
-        if task is not None and task.phase is TaskPhase.PUSHED:
-            effects.append(CancelTimer(key=f"{PUSH_TIMER_PREFIX}{task.spec.task_id}"))
-            if task.cancelled:
-                effects += self._finish(task, _errors(task.spec, "task_cancelled", _cancel_message(task)))
-            elif task.retries_left != 0:
-                effects += self._retry(task, now)
-            else:
-                effects += self._finish(task, _errors(task.spec, "worker_crashed", (
-                    f"task {task.spec.name} ({task.spec.task_id}) failed: the worker running it "
-                    f"died ({cause}) and its retries are used up "
-                    f"(max_retries={task.spec.max_retries}); raise max_retries to retry more")))
+        for task_id in lease.tasks:  # in push order: retried in that order
+            task = self._tasks.get(task_id)
+            if task is not None and task.phase is TaskPhase.PUSHED:
+                effects += self._task_lost(task, cause, now)
         return effects + self._pump(lease.key, now)
+
+    def _task_lost(self, task: _Task, cause: str, now: Nanos) -> list[Msg]:
+        effects: list[Msg] = [CancelTimer(key=f"{PUSH_TIMER_PREFIX}{task.spec.task_id}")]
+        if task.cancelled:
+            return effects + self._finish(task, _errors(task.spec, "task_cancelled",
+                                                        _cancel_message(task)))
+        if task.retries_left != 0:
+            return effects + self._retry(task, now)
+        return effects + self._finish(task, _errors(task.spec, "worker_crashed", (
+            f"task {task.spec.name} ({task.spec.task_id}) failed: the worker running it "
+            f"died ({cause}) and its retries are used up "
+            f"(max_retries={task.spec.max_retries}); raise max_retries to retry more")))
 
     def _retry(self, task: _Task, now: Nanos) -> list[Msg]:
         if task.retries_left > 0:
@@ -599,11 +626,15 @@ class Submitter:
 
     def check_invariants(self) -> None:
         for lease in self._leases.values():
-            if lease.task_id is not None:
-                task = self._tasks.get(lease.task_id)
+            if len(lease.tasks) > max(1, self._config.pipeline_depth):
+                raise InvariantViolation(
+                    f"core_worker: lease {lease.lease_id!r} has {len(lease.tasks)} tasks in "
+                    f"flight, over the pipeline depth {self._config.pipeline_depth}")
+            for task_id in lease.tasks:
+                task = self._tasks.get(task_id)
                 if task is None or task.lease_id != lease.lease_id:
                     raise InvariantViolation(
-                        f"core_worker: lease {lease.lease_id!r} runs {lease.task_id!r}, "
+                        f"core_worker: lease {lease.lease_id!r} runs {task_id!r}, "
                         "which is not pushed to it")
         for request_id, request in self._requests.items():
             state = self._keys.get(request.key)
