@@ -24,7 +24,8 @@ Sessions are keyed by the caller's address and the session it names. Each
 session has an ``expected`` number: the call bearing it is *accepted*
 (then the buffered ones that follow it), later ones wait in a buffer, earlier
 ones are retransmits (answered from the session's record of answers, or
-``ActorTaskAck`` while they are pending). Accepted calls line up in one queue
+``ActorTaskAck`` while they are pending; a first push gets no ack, which would
+be one more message per call for a caller that only needs the answer). Accepted calls line up in one queue
 in acceptance order; the head starts (``ExecuteActorTask``) once its ref
 arguments are here and fewer than ``max_concurrency`` calls run, so calls of
 one caller start in submission order (and, with ``max_concurrency=1``, run
@@ -230,7 +231,7 @@ class ActorHost:
         if msg.seq in session.buffered and not msg.cancelled:
             return [ack]  # waiting here for the calls before it
         session.buffered[msg.seq] = (msg, src)  # (a cancelled re-push replaces the first)
-        effects: list[Msg] = [ack]
+        effects: list[Msg] = []  # a first push is not acked: its answer follows
         while session.expected in session.buffered:
             push, caller = session.buffered.pop(session.expected)
             session.expected += 1

@@ -421,8 +421,9 @@ class Submitter:
 
     def _push(self, task: _Task, lease: _Lease, now: Nanos) -> list[Msg]:
         spec = task.spec
+        # The code goes with every push until the worker has answered a task of it: a
+        # pipelined push must not count on an earlier one that may be lost or overtaken.
         function = b"" if spec.function_id in lease.functions else task.function
-        lease.functions[spec.function_id] = None
         resolved: list[Payload | None] = []
         for arg in spec.args:
             result = self._objects.result(arg.ref.object_id) if arg.ref else None
@@ -460,6 +461,7 @@ class Submitter:
         effects: list[Msg] = [CancelTimer(key=f"{PUSH_TIMER_PREFIX}{task.spec.task_id}")]
         if lease is not None:
             self._note_done(lease, task.spec.task_id, now)
+            lease.functions[task.spec.function_id] = None  # the worker has its code now
         failed = any(r.error is not None for r in msg.results)
         if failed and msg.retryable_error and task.retries_left != 0 and not task.cancelled:
             effects += self._retry(task, now)

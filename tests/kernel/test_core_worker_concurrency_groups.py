@@ -6,7 +6,6 @@ import msgspec
 from shoal.kernel.core_worker import CoreWorker
 from shoal.kernel.core_worker.actor_protocol import (
     ActorInstanceCreated,
-    ActorTaskAck,
     ActorTaskDone,
     ActorTaskExecuted,
     ExecuteActorTask,
@@ -36,10 +35,6 @@ def call(task_id: str, group: str = "", args: tuple[TaskArg, ...] = ()) -> TaskS
                     function_id="f", args=args, resources={}, concurrency_group=group)
 
 
-def ack(task_id: str) -> Send:
-    return Send(dst=DRIVER, msg=ActorTaskAck(task_id=TaskId(task_id), attempt=0))
-
-
 def runs(spec: TaskSpec) -> ExecuteActorTask:
     return ExecuteActorTask(actor_id=A1, spec=spec, args=())
 
@@ -59,9 +54,7 @@ def test_each_group_has_its_own_limit_and_queue() -> None:
     specs = [call("d1"), call("d2"), call("i1", "io"), call("i2", "io"), call("i3", "io")]
     started = []
     for seq, spec in enumerate(specs):
-        effects = core.handle(Received(src=DRIVER, msg=push(spec, seq)), now=3)
-        assert effects[0] == ack(spec.task_id)
-        started += effects[1:]
+        started += core.handle(Received(src=DRIVER, msg=push(spec, seq)), now=3)
     assert started == [runs(specs[0]), runs(specs[2]), runs(specs[3])], (
         "d2 waits for d1 (default group of 1); i1 and i2 run beside it (io group of 2)")
     core.check_invariants()
@@ -77,13 +70,12 @@ def test_a_group_waiting_for_arguments_does_not_hold_back_another() -> None:
     effects = core.handle(Received(src=DRIVER, msg=push(waiting, 0)), now=3)
     assert not any(isinstance(e, ExecuteActorTask) for e in effects), "its argument is fetched"
     other = call("d1")
-    assert core.handle(Received(src=DRIVER, msg=push(other, 1)), now=3) == [
-        ack("d1"), runs(other)]
+    assert core.handle(Received(src=DRIVER, msg=push(other, 1)), now=3) == [runs(other)]
 
 
 def test_a_group_the_actor_does_not_define_runs_in_the_default_group() -> None:
     core = grouped_host()
     first, second = call("d1"), call("x1", "nope")
     core.handle(Received(src=DRIVER, msg=push(first, 0)), now=3)
-    assert core.handle(Received(src=DRIVER, msg=push(second, 1)), now=3) == [ack("x1")]
+    assert core.handle(Received(src=DRIVER, msg=push(second, 1)), now=3) == []
     assert finish(core, "d1") == [runs(second)]

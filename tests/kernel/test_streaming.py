@@ -292,7 +292,6 @@ def test_a_lost_stored_item_of_a_running_stream_fails_as_lost() -> None:
 def test_actor_host_streams_items_and_answers_after_the_last_ack() -> None:
     from shoal.kernel.core_worker.actor_protocol import (
         ActorInstanceCreated,
-        ActorTaskAck,
         ActorTaskDone,
         ActorTaskExecuted,
         ExecuteActorTask,
@@ -305,7 +304,6 @@ def test_actor_host_streams_items_and_answers_after_the_last_ack() -> None:
     spec = TaskSpec(task_id="t1", job_id="j", name="C.f", owner=DRIVER, function_id="f",
                     args=(), resources={}, max_retries=0, streaming=True)
     assert core.handle(Received(src=DRIVER, msg=push(spec, 0)), now=3) == [
-        Send(dst=DRIVER, msg=ActorTaskAck(task_id="t1", attempt=0)),
         ExecuteActorTask(actor_id=A1, spec=spec, args=())]
     assert core.handle(produced(0), now=4) == [
         Send(dst=DRIVER, msg=item(0)), SetTimer(key="stream.resend.t1", at_ns=4 + S)]
