@@ -81,6 +81,7 @@ RETRY_AFTER_S = 1.0  # after a failed connect, the peer goes through the relay t
 CONNECT_TIMEOUT_S = 2.0
 SOCKET_PATH_MAX = 107  # sun_path (108 bytes with its NUL)
 LINKED_COMPONENTS = ("driver", "worker")
+READER_THREADS_MAX = 100_000  # a reader thread per link (trio's default limiter has 40)
 
 Deliver = Callable[[Envelope], None]
 Relay = Callable[[Envelope], object]
@@ -274,14 +275,22 @@ class DirectLinks:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.run_writer)
-                reason = await conn.run_reader(
-                    lambda _conn, batch: self._on_link_batch(link, batch), check_src=True)
+                on_batch = functools.partial(self._on_link_batch_of, link)
+                lock = self._round_flush.lock if self._round_flush is not None else None
+                if lock is not None:  # kernel rounds may run in any thread holding it
+                    reason = await conn.run_reader_in_thread(on_batch, True, lock,
+                                                             self._readers)
+                else:
+                    reason = await conn.run_reader(on_batch, check_src=True)
                 nursery.cancel_scope.cancel()
         finally:
             self._forget(link)
             self._release(link)  # what it held still goes in, in order
             await conn.aclose()
             self._log.debug("direct.closed", peer=str(link.peer), reason=reason)
+
+    def _on_link_batch_of(self, link: _Link, _conn: Connection, batch: list[Envelope]) -> None:
+        self._on_link_batch(link, batch)
 
     def _on_link_batch(self, link: _Link, batch: list[Envelope]) -> None:
         mine = [e for e in batch if e.dst == self.me]
@@ -347,6 +356,7 @@ class DirectLinks:
 
     async def run(self, *, listen: bool, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Runs the links (and, for a worker, the listener) until cancelled."""
+        self._readers = trio.CapacityLimiter(READER_THREADS_MAX)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:

@@ -15,7 +15,9 @@ through trio, and leaves everything else to the kernel's calls:
 * ``wait_here``: a driver thread (not a task thread: those can be interrupted)
   waiting on refs it owns, with no timeout, rescans after each round of the
   kernel loop (``after_round``, the only thing that can complete an object)
-  instead of a kernel call that pins and unpins every ref.
+  instead of a kernel call that pins and unpins every ref;
+* ``get_here``: the same for ``get`` of refs it owns whose values are pending
+  (``get(f.remote())``): no call registered in the kernel and answered back.
 
 Why reading another thread's kernel is safe: see ``_readable_kernel``. Ref
 counts are untouched: a get or wait never changes them, and the refs the
@@ -51,6 +53,19 @@ def scan_ready(kernel: CoreWorker, refs: list[ObjectRefInfo], need: int) -> list
         if len(ready) == need:
             break
     return ready
+
+
+def _first_pending(kernel: CoreWorker, refs: list[ObjectRefInfo], start: int) -> int:
+    """The index of the first ref from ``start`` not done yet (``len(refs)``: none);
+    -1 if one is stored or failed (the kernel must judge)."""
+    result_of = kernel.objects.result
+    for index in range(start, len(refs)):
+        result = result_of(refs[index].object_id)
+        if result is None:
+            return index
+        if result.stored or result.error is not None or result.value is None:
+            return -1
+    return len(refs)
 
 
 class LocalReads:
@@ -140,6 +155,37 @@ class LocalReads:
                 if len(ready) >= need:
                     self.polled_waits += 1
                     return ready
+                with progress:
+                    while self._rounds == seen and not self._lost:
+                        progress.wait()
+            return None
+        finally:
+            with progress:
+                self._progress_waiters -= 1
+
+    def get_here(self, refs: list[ObjectRefInfo]) -> list[ObjectResult] | None:
+        """``get`` without the kernel for refs owned here whose values are still pending:
+        waits in the calling thread (as ``wait_here``) until each is done inline. None
+        when the kernel must judge (a ref it does not hold, a stored value, an error),
+        or for a task thread or a lost cluster: the caller then takes the kernel's path.
+        Saves registering the call in the kernel and answering it, per blocking get."""
+        kernel = self._readable_kernel()
+        if kernel is None or not refs or not self.may_wait_here(refs):
+            return None
+        objects = kernel.objects
+        if not all(info.object_id in objects for info in refs):
+            return None
+        progress, position = self._progress, 0
+        with progress:
+            self._progress_waiters += 1
+        try:
+            while (kernel := self._readable_kernel()) is not None:
+                seen = self._rounds
+                position = _first_pending(kernel, refs, position)
+                if position < 0:
+                    return None
+                if position == len(refs):
+                    return self.ready_inline(refs)
                 with progress:
                     while self._rounds == seen and not self._lost:
                         progress.wait()

@@ -518,8 +518,10 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
 
     def get_objects(self, refs: list[ObjectRefInfo], timeout_s: float | None) -> list[ObjectResult]:
         ready = self.ready_inline(refs)
+        if ready is None and timeout_s is None:
+            ready = self.get_here(refs)  # pending values owned here: wait for them here
         if ready is not None:
-            return ready  # every value is already in this process: no trip through trio
+            return ready  # every value is in this process: no trip through the kernel
         waiter = self._new_waiter()
         self._post(GetRequested(call_id=waiter.call_id, refs=tuple(refs),
                                 timeout_ns=_timeout_ns(timeout_s)))

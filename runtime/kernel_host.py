@@ -68,6 +68,10 @@ from shoal.kernel.messages import (
 
 ROUND_INPUTS_MAX = 4_096  # inputs handled before the loop lets other trio tasks run
 IDLE_TICK_NS = 50_000_000  # with inline rounds, the loop's task wakes at least this often
+# How long a user thread waits for the loop's lock before it hands its inputs to trio:
+# a thread woken by a round (a get answered) posts its next call while trio is still
+# finishing that round, which lets go of the lock within microseconds.
+INLINE_WAIT_S = 0.000_2
 
 Router = Callable[[Address, Address, Msg], None]
 HostEffectHandler = Callable[[Address, Msg], None]
@@ -151,6 +155,7 @@ class RoundFlush:
         self.active = False
         self._pending: list[Callable[[], None]] = []
         self.call_in_trio: Callable[[Callable[[], object]], None] = _call_now
+        self.lock: threading.Lock | None = None  # the loop's, when rounds run inline
 
     def defer(self, fn: Callable[[], None]) -> bool:
         """Queues ``fn`` for the end of the round; False outside a round (do it now)."""
@@ -303,7 +308,7 @@ class KernelLoop:
         lock, ext = self._lock, self._external
         while True:
             if (self._token is None or threading.get_ident() == self._trio_thread
-                    or not lock.acquire(blocking=False)):
+                    or not lock.acquire(timeout=INLINE_WAIT_S)):
                 return False
             try:
                 if self._crashed is not None or ext.finished:
@@ -351,8 +356,15 @@ class KernelLoop:
         self.run_now(external=True)
 
     def run_now(self, *, external: bool = False) -> None:
-        """Runs a round here and now (in a trio task or callback of this loop's thread),
-        unless one is running: then the loop's task does it (see the module docstring)."""
+        """Runs a round here and now (in a trio task or callback of this loop's thread,
+        or a reader thread holding the loop's lock), unless one is running: then the
+        loop's task does it (see the module docstring)."""
+        if self._trio_thread is not None and threading.get_ident() != self._trio_thread:
+            if external:
+                self._take_external()
+            if self._inbox and not self.round_flush.active and self._crashed is None:
+                self._inline_round()
+            return
         if self.round_flush.active or self._token is None or self._crashed is not None:
             self._wakeup.set()
             return
@@ -394,6 +406,7 @@ class KernelLoop:
             instrument = _LockWhileRunning(self._lock)
             trio.lowlevel.add_instrument(instrument)
             self.round_flush.call_in_trio = self.call_in_trio
+            self.round_flush.lock = self._lock
         self._trio_thread = threading.get_ident()
         self._token = trio.lowlevel.current_trio_token()
         task_status.started()

@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import hmac
 import os
+import select
 import socket
 import struct
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -107,6 +109,7 @@ class FramedStream:
     def __init__(self, stream: trio.SocketStream, frame_bytes_max: int) -> None:
         self.stream = stream
         self._max = frame_bytes_max
+        self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
 
     async def receive(self) -> bytes | None:
@@ -138,6 +141,11 @@ class FramedStream:
             self._buffer += chunk
         return True
 
+    def take_buffered(self) -> bytearray:
+        """What was read past the last frame returned (a reader taking over the stream)."""
+        buffered, self._buffer = self._buffer, bytearray()
+        return buffered
+
     async def send(self, payload: bytes) -> None:
         header = _HEADER.pack(len(payload))
         if len(payload) < 65_536:
@@ -148,6 +156,28 @@ class FramedStream:
 
 
 BatchHandler = Callable[["Connection", list[Envelope]], None]
+READ_CHUNK = 1 << 16
+
+
+def split_frames(buffer: bytearray, frame_bytes_max: int) -> list[bytes]:
+    """Takes the complete frames off the front of ``buffer``.
+
+    Raises:
+        FrameError: a frame's length is over ``frame_bytes_max``.
+    """
+    frames: list[bytes] = []
+    start, size = 0, len(buffer)
+    while size - start >= _HEADER.size:
+        (length,) = _HEADER.unpack_from(buffer, start)
+        if length > frame_bytes_max:
+            raise FrameError(f"frame of {length} bytes is over the limit of {frame_bytes_max}")
+        end = start + _HEADER.size + length
+        if end > size:
+            break
+        frames.append(bytes(memoryview(buffer)[start + _HEADER.size:end]))
+        start = end
+    del buffer[:start]
+    return frames
 
 
 class Connection:
@@ -273,6 +303,51 @@ class Connection:
             return f"connection broke: {exc!r}"
         return "peer closed the connection"
 
+    async def run_reader_in_thread(self, on_batch: BatchHandler, check_src: bool,
+                                   lock: threading.Lock,
+                                   limiter: trio.CapacityLimiter) -> str:
+        """As ``run_reader``, but a thread of its own blocks on the socket and hands in
+        each batch holding ``lock`` (the kernel loop's): no trio wakeup, epoll
+        re-registration and scheduler pass per message. The thread reads a dup of the
+        socket, so closing the connection can never leave it reading a reused fd."""
+        fd = os.dup(self.framed.stream.socket.fileno())
+        buffered = self.framed.take_buffered()
+        return await trio.to_thread.run_sync(  # abandoned on cancel: aclose ends it
+            self._read_blocking, fd, buffered, on_batch, check_src, lock,
+            abandon_on_cancel=True, limiter=limiter)
+
+    def _read_blocking(self, fd: int, buffer: bytearray, on_batch: BatchHandler,
+                       check_src: bool, lock: threading.Lock) -> str:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        try:
+            while True:
+                try:
+                    frames = split_frames(buffer, self.framed.frame_bytes_max)
+                except FrameError as exc:
+                    self._log.warning("local.frame_rejected", peer=str(self.peer),
+                                      reason=str(exc))
+                    return f"bad framing: {exc}"
+                if frames:
+                    with lock:
+                        if self.closed:
+                            return "closed"
+                        for frame in frames:
+                            self._deliver(frame, on_batch, check_src)
+                try:
+                    poller.poll()
+                    chunk = os.read(fd, READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    return f"connection broke: {exc!r}"
+                if not chunk:
+                    return ("the stream ended in the middle of a frame" if buffer
+                            else "peer closed the connection")
+                buffer += chunk
+        finally:
+            os.close(fd)
+
     def _deliver(self, frame: bytes, on_batch: BatchHandler, check_src: bool) -> None:
         envelopes, problems = decode_frame(frame)
         if check_src:
@@ -290,6 +365,10 @@ class Connection:
     async def aclose(self) -> None:
         self.closed = True
         self._wakeup.set()
+        try:  # ends a reader thread's read (it holds a dup of the socket)
+            self.framed.stream.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         with trio.CancelScope(shield=True):
             await self.framed.stream.aclose()
 
