@@ -238,7 +238,7 @@ class CoreWorkerRuntime:
                                  config=host_config())
         # Inline rounds: a user thread that posts inputs runs the kernel itself when
         # the trio thread is idle, instead of waking it (one thread hop less per call).
-        self.loop = KernelLoop(self._route, log=self._log, inline_rounds=os.environ.get("SHOAL_INLINE_ROUNDS", "1") == "1")
+        self.loop = KernelLoop(self._route, log=self._log, inline_rounds=True)
         conn.defer_writes_to(self.loop.round_flush)
         self.links = DirectLinks(me=self.address, token=self._token,
                                  session_dir=reply.session_dir, relay=conn.send,

@@ -36,6 +36,24 @@ Timers are keyed like the simulator's: ``(address, key)``; a heap holds
 ``(at_ns, seq, address, key)`` and a table the live ``seq`` of each key, so a
 replaced or cancelled timer's heap entry is skipped when it comes up.
 
+Inline rounds (``inline_rounds=True``: drivers and workers, whose user threads
+post inputs and whose direct links have reader threads). A round then runs in
+whichever thread holds the loop's lock: the trio thread holds it except while
+trio waits for I/O (a trio instrument releases it in ``before_io_wait`` and
+takes it back in ``after_io_wait``), so a user thread that posts (a task
+submitted, a result handed in) takes the lock (waiting up to
+``INLINE_WAIT_S``) and runs the round itself, instead of waking trio: one
+thread hop less per call. A direct link's reader thread
+(``Connection.run_reader_in_thread``) hands each batch in holding the lock
+too. What only trio may do (set a ``trio.Event``, start a task) goes through
+``call_in_trio``. The loop's task sleeps at most ``IDLE_TICK_NS`` so that a
+timer armed in another thread needs no wakeup unless it is due sooner. A
+thread that cannot take the lock (another round runs) leaves its inputs and
+wakes trio as before; the lock's holder looks at the posted inputs again once
+it lets go, so nothing waits for a round that never comes. Kernels stay
+single-threaded: only the lock's holder runs them. A ``KeyboardInterrupt``
+that lands in a user thread while it runs a round interrupts that round.
+
 A kernel that raises has a bug: the loop logs it with the input and re-raises,
 which ends the process (its peers retransmit to its successor). Drivers make no
 decisions: every ``if`` about domain state lives in a kernel.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -182,3 +184,94 @@ def test_file_store_recovers_its_tables_and_drops_a_torn_record(tmp_path: Any) -
     again = FileStore.open(path)
     assert again.tables == {"nodes": {b"n1": b"alive"}, "kv": {b"a": b"2"}}
     again.close()
+
+
+class ThreadRecorder(Echo):
+    """Echo that also records which thread ran each input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def handle(self, event: Any, *, now: int) -> list[Msg]:
+        self.threads.append(threading.get_ident())
+        return super().handle(event, now=now)
+
+
+def test_inline_rounds_run_in_the_posting_thread_while_trio_is_idle() -> None:
+    kernel = ThreadRecorder()
+    posters: list[int] = []
+
+    async def main() -> None:
+        loop = KernelLoop(lambda *_: None, inline_rounds=True)
+        loop.add_kernel(A, kernel)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            await trio.sleep(0.01)  # trio waits for I/O: the lock is free
+
+            def producer() -> None:
+                posters.append(threading.get_ident())
+                for i in range(50):
+                    assert loop.post_from_thread([(A, TimerFired(key=str(i)))])
+
+            await trio.to_thread.run_sync(producer)
+            assert len(kernel.seen) == 50, "handled before post_from_thread returned"
+            assert loop.inline_rounds >= 1
+            nursery.cancel_scope.cancel()
+        assert not loop.post_from_thread([(A, Started())])  # the loop has finished
+
+    trio.run(main)
+    assert [event.key for _, event in kernel.seen] == [str(i) for i in range(50)]
+    assert set(kernel.threads) == set(posters), "every round ran in the posting thread"
+
+
+def test_inputs_posted_while_trio_holds_the_lock_are_handled_by_trio() -> None:
+    kernel = ThreadRecorder()
+
+    async def main() -> None:
+        loop = KernelLoop(lambda *_: None, inline_rounds=True)
+        loop.add_kernel(A, kernel)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            trio_thread = threading.get_ident()
+            started = threading.Event()
+
+            def producer() -> None:
+                started.set()
+                for i in range(20):
+                    loop.post_from_thread([(A, TimerFired(key=str(i)))])
+
+            worker = threading.Thread(target=producer)
+            worker.start()
+            started.wait()
+            time.sleep(0.05)  # trio runs (holds the lock) without awaiting: no inline round
+            worker.join()
+            while len(kernel.seen) < 20:
+                await trio.sleep(0.001)
+            assert trio_thread in kernel.threads
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert [event.key for _, event in kernel.seen] == [str(i) for i in range(20)]
+
+
+def test_a_timer_armed_in_a_user_threads_round_fires() -> None:
+    kernel = Echo({"arm": [SetTimer(key="soon", at_ns=0)]})
+
+    async def main() -> None:
+        loop = KernelLoop(lambda *_: None, inline_rounds=True)
+        loop.add_kernel(A, kernel)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            await trio.sleep(0.01)
+
+            def producer() -> None:
+                loop.post_from_thread([(A, TimerFired(key="arm"))])
+
+            await trio.to_thread.run_sync(producer)
+            with trio.fail_after(5):
+                while not any(getattr(e, "key", "") == "soon" for _, e in kernel.seen):
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

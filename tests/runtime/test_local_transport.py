@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from typing import Any
 
 import pytest
@@ -14,11 +15,13 @@ from shoal.kernel.messages import Address
 from shoal.kernel.wire import Envelope
 from shoal.runtime.local_transport import (
     Connection,
+    FrameError,
     HandshakeError,
     HelloReply,
     LocalLimits,
     LocalServer,
     connect_local,
+    split_frames,
 )
 
 NODE = NodeId("n1")
@@ -164,3 +167,51 @@ def test_batches_are_split_to_fit_and_an_envelope_too_large_alone_is_dropped(
     trio.run(main)
     assert [e for batch in daemon.batches for e in batch] == small
     assert len(daemon.batches) > 1
+
+
+def test_split_frames_takes_whole_frames_and_refuses_oversized_ones() -> None:
+    buffer = bytearray(struct.pack(">I", 2) + b"ab" + struct.pack(">I", 3) + b"cd")
+    assert split_frames(buffer, 100) == [b"ab"]
+    assert bytes(buffer) == struct.pack(">I", 3) + b"cd", "the torn frame waits for more"
+    buffer += b"e"
+    assert split_frames(buffer, 100) == [b"cde"] and not buffer
+    with pytest.raises(FrameError, match="over the limit"):
+        split_frames(bytearray(struct.pack(">I", 101)), 100)
+
+
+def test_a_reader_thread_delivers_under_the_lock_and_ends_when_closed(tmp_path: Any) -> None:
+    path = str(tmp_path / "n1.sock")
+    daemon = Daemon(path)
+    received: list[Envelope] = []
+    held_lock: list[bool] = []
+    lock = threading.Lock()
+
+    def on_batch(conn: Connection, envelopes: list[Envelope]) -> None:
+        held_lock.append(lock.locked())
+        received.extend(envelopes)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.server.serve)
+            conn, _ = await connect_local(path, token=TOKEN, address=WORKER)
+            reasons: list[str] = []
+
+            async def read() -> None:
+                reasons.append(await conn.run_reader_in_thread(
+                    on_batch, False, lock, trio.CapacityLimiter(1)))
+
+            nursery.start_soon(read)
+            sent = [Envelope(src=GCS, dst=WORKER, msg=KvGet(request_id=i, namespace="",
+                                                              key=bytes(2000)))
+                    for i in range(50)]
+            await _until(lambda: daemon.server.send(sent[0]))  # once the server has us
+            for envelope in sent[1:]:
+                assert daemon.server.send(envelope)
+            await _until(lambda: len(received) == len(sent))
+            assert received == sent and all(held_lock)
+            await conn.aclose()
+            await _until(lambda: reasons)
+            assert reasons[0] in ("closed", "peer closed the connection")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
