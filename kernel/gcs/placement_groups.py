@@ -36,6 +36,11 @@ caller, ``Gcs``, asks the actor manager with ``removed_groups``). At most
 removed when its creator's job ends (``remove_created_by``, called by ``Gcs``
 when the creating driver's exit is reported).
 
+Waiting (``WaitPlacementGroupReady``, ``pg.wait()``): answered at once when the
+group is created, removed or unknown; otherwise parked until the group is
+``CREATED`` (``_finish_attempt``), removed (``_to_removed``) or the request's
+deadline passes (``placement_group_waiters.py``).
+
 Durability: rows (``PGS_TABLE``) and releases (``PG_RELEASES_TABLE``) are
 written before the messages that depend on them; a restarted GCS resends what
 was in flight on ``Started`` (every raylet message is idempotent).
@@ -43,7 +48,8 @@ was in flight on ``Started`` (every raylet message is idempotent).
 Invariants (``check_invariants``): names index exactly the named rows not
 removed; a removed row holds nothing; every committed bundle has a node;
 ``CREATED`` means every bundle committed; the stage agrees with the state;
-waiting nodes are nodes of the attempt.
+waiting nodes are nodes of the attempt; callers wait only for groups neither
+created nor removed.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import msgspec
 from shoal.kernel.errors import InvariantViolation
 from shoal.kernel.gcs.placement_group_policy import Avail, place_bundles
 from shoal.kernel.gcs.placement_group_protocol import (
+    WAIT_TIMEOUT_MAX_NS,
     BundlesCommitted,
     BundleSpec,
     BundlesPrepared,
@@ -66,6 +73,7 @@ from shoal.kernel.gcs.placement_group_protocol import (
     PlacementGroupReply,
     PrepareBundles,
     RemovePlacementGroup,
+    WaitPlacementGroupReady,
     spec_problem,
 )
 from shoal.kernel.gcs.placement_group_records import (
@@ -81,6 +89,7 @@ from shoal.kernel.gcs.placement_group_records import (
     Releases,
     check_move,
 )
+from shoal.kernel.gcs.placement_group_waiters import WAIT_TIMER_PREFIX, ReadyWaiters
 from shoal.kernel.gcs.protocol import NodeInfo
 from shoal.kernel.gcs.resource_protocol import NodeResources
 from shoal.kernel.ids import Nanos, NodeId
@@ -111,6 +120,7 @@ class PlacementGroupManager:
         self.version = 0
         self._place_armed = False
         self._incarnations: dict[NodeId, int] = {}  # live nodes as last seen
+        self._waiters = ReadyWaiters()
         tables = recovered or {}
         self._releases = Releases(config.retry_ns, tables.get(PG_RELEASES_TABLE))
         self._recover(tables.get(PGS_TABLE, {}))
@@ -123,6 +133,11 @@ class PlacementGroupManager:
     @property
     def rows(self) -> tuple[PgRow, ...]:
         return tuple(self._rows.values())
+
+    @property
+    def waiter_count(self) -> int:
+        """Parked ``WaitPlacementGroupReady`` requests."""
+        return len(self._waiters)
 
     @property
     def releases(self) -> tuple[tuple[str, NodeId, int], ...]:
@@ -161,6 +176,8 @@ class PlacementGroupManager:
                 return [self._reply(src, msg.request_id, self._lookup(msg))]
             case ListPlacementGroups():
                 return [self._reply(src, msg.request_id, list(self._rows.values()))]
+            case WaitPlacementGroupReady():
+                return self._on_wait(src, msg, now)
         return []
 
     @staticmethod
@@ -208,6 +225,40 @@ class PlacementGroupManager:
                 effects += self._to_removed(row, now)
         return effects
 
+    # --- waiting until a group is created -----------------------------------------
+
+    def _on_wait(self, src: Address, msg: WaitPlacementGroupReady, now: Nanos) -> list[Msg]:
+        """Answers at once when it can; else parks the request (``placement_group_waiters``)."""
+        row = self._rows.get(msg.pg_id)
+        if row is None:
+            return [self._reply(src, msg.request_id, [], error=(
+                f"gcs: there is no placement group {msg.pg_id!r} to wait for (never created, "
+                "or removed long ago)"))]
+        if row.state is PgState.REMOVED:
+            return [self._reply(src, msg.request_id, [row], error=_removed_error(row.pg_id))]
+        if row.state is PgState.CREATED or msg.timeout_ns == 0:
+            return [self._reply(src, msg.request_id, [row])]
+        if self._waiters.is_parked(src, msg.request_id):
+            return []  # a retransmit of a parked request
+        if len(self._waiters) >= self._config.waiters_max:
+            return [self._reply(src, msg.request_id, [row], error=(
+                f"gcs: {len(self._waiters)} callers already wait for placement groups "
+                f"(waiters_max={self._config.waiters_max}); wait again later"))]
+        deadline_ns = now + min(msg.timeout_ns, WAIT_TIMEOUT_MAX_NS)
+        return self._waiters.park(src, msg.request_id, row.pg_id, deadline_ns)
+
+    def _answer_waiters(self, row: PgRow, error: str = "") -> list[Msg]:
+        """The group was created (or removed: ``error``): everyone waiting hears it now."""
+        waiters, effects = self._waiters.take_group(row.pg_id)
+        return effects + [self._reply(w.src, w.request_id, [row], error) for w in waiters]
+
+    def _on_wait_expired(self, key: str, now: Nanos) -> list[Msg]:
+        waiter = self._waiters.take_expired(key, now)
+        if waiter is None:
+            return []  # answered before its deadline
+        row = self._rows[waiter.pg_id]  # a waited-for row is neither created nor removed
+        return [self._reply(waiter.src, waiter.request_id, [row])]
+
     def _on_remove(self, src: Address, msg: RemovePlacementGroup, now: Nanos) -> list[Msg]:
         row = self._rows.get(msg.pg_id)
         if row is None:
@@ -235,7 +286,7 @@ class PlacementGroupManager:
             del self._names[(row.spec.namespace, row.spec.name)]
         self._removed[row.pg_id] = None
         self.removed_groups.append(row.pg_id)
-        effects += self._commit(row)
+        effects += self._commit(row) + self._answer_waiters(row, _removed_error(row.pg_id))
         while len(self._removed) > self._config.removed_max:
             oldest = next(iter(self._removed))
             del self._removed[oldest]
@@ -379,7 +430,7 @@ class PlacementGroupManager:
         if all(row.committed):
             check_move(row.pg_id, row.state, PgState.CREATED)
             row.state, row.stage, row.reason = PgState.CREATED, PgStage.NONE, ""
-            return effects + self._commit(row)
+            return effects + self._commit(row) + self._answer_waiters(row)
         row.stage = PgStage.UNPLACED
         return effects + self._commit(row) + self._place(row, self._available(), now)
 
@@ -456,6 +507,8 @@ class PlacementGroupManager:
         if key == _PLACE_TIMER:
             self._place_armed = False
             return self._place_unplaced(now)
+        if key.startswith(WAIT_TIMER_PREFIX):
+            return self._on_wait_expired(key, now)
         if key.startswith(RELEASE_TIMER_PREFIX):
             return self._releases.send(key[len(RELEASE_TIMER_PREFIX):], now)
         if key.startswith(_RETRY_TIMER):
@@ -474,6 +527,13 @@ class PlacementGroupManager:
                                      f"but named groups {sorted(names)}")
         for row in self._rows.values():
             self._check_row(row)
+        self._waiters.check_invariants()
+        for pg_id in self._waiters.groups():
+            row = self._rows.get(pg_id)
+            if row is None or row.state in (PgState.CREATED, PgState.REMOVED):
+                raise InvariantViolation(
+                    f"gcs placement groups: callers wait for group {pg_id!r}, which is "
+                    f"{row.state.value if row else 'gone'}; they should have been answered")
 
     def _check_row(self, row: PgRow) -> None:
         where = f"gcs placement groups: group {row.pg_id!r} ({row.state.value}/{row.stage.value})"
@@ -492,3 +552,8 @@ class PlacementGroupManager:
         in_attempt = row.stage in (PgStage.PREPARING, PgStage.COMMITTING)
         if in_attempt != bool(row.attempt_nodes):
             raise InvariantViolation(f"{where}: attempt nodes {sorted(row.attempt_nodes)}")
+
+
+def _removed_error(pg_id: str) -> str:
+    return (f"gcs: placement group {pg_id!r} was removed, so it will never be ready; "
+            "create a new one")

@@ -296,8 +296,9 @@ class PlacementGroupContext(Protocol):
 
     def placement_group_call(self, request: Any) -> Any:
         """Sends one placement group request (``CreatePlacementGroup``,
-        ``RemovePlacementGroup``, ``GetPlacementGroup`` or ``ListPlacementGroups``,
-        whose ``request_id`` the GCS client overwrites) to the GCS; blocks until the
+        ``RemovePlacementGroup``, ``GetPlacementGroup``, ``ListPlacementGroups`` or
+        ``WaitPlacementGroupReady``, whose ``request_id`` the GCS client overwrites) to
+        the GCS; blocks until the
         ``PlacementGroupReply`` comes (retransmitting meanwhile) and returns it.
         A reply with ``error`` set is returned, not raised."""
         ...

@@ -6,8 +6,11 @@ group and returns a ``PlacementGroup`` at once (the group may still be
 pending). ``pg.ready()`` is an ``ObjectRef`` that resolves (to the group) once
 every bundle is reserved: like Ray, it is a tiny zero-CPU task per bundle,
 scheduled into that bundle, so it can only run where the bundle exists.
-``pg.wait(timeout_seconds)`` waits on it. ``remove_placement_group`` frees the
-bundles (the GCS kills the group's actors; the raylets end its leases).
+``pg.wait(timeout_seconds)`` runs no task (as in Ray): it asks the GCS to
+answer when the group is created (``WaitPlacementGroupReady``), in slices of
+at most ``WAIT_TIMEOUT_MAX_NS``, the timeout measured on the GCS's clock.
+``remove_placement_group`` frees the bundles (the GCS kills the group's
+actors; the raylets end its leases).
 
 A task or actor runs in a group with
 ``options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i))`` (or
@@ -27,6 +30,7 @@ from typing import Any
 import msgspec
 from shoal.kernel.gcs.placement_group_protocol import (
     STRATEGIES,
+    WAIT_TIMEOUT_MAX_NS,
     CreatePlacementGroup,
     GetPlacementGroup,
     ListPlacementGroups,
@@ -35,8 +39,10 @@ from shoal.kernel.gcs.placement_group_protocol import (
     PlacementGroupRequest,
     PlacementGroupSpec,
     RemovePlacementGroup,
+    WaitPlacementGroupReady,
     group_shape,
 )
+from shoal.kernel.ids import seconds
 from shoal.runtime.api.context import get_context
 from shoal.runtime.api.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -97,11 +103,26 @@ class PlacementGroup:
         return self._ready_ref
 
     def wait(self, timeout_seconds: float = 30) -> bool:
-        """Waits up to ``timeout_seconds`` for the group to be ready; returns whether it is."""
-        from shoal.runtime.api.api import wait
+        """Waits up to ``timeout_seconds`` for the group to be created; returns whether it is.
 
-        ready, _ = wait([self.ready()], timeout=timeout_seconds)
-        return bool(ready)
+        Raises:
+            ValueError: the group was removed (it will never be ready), or is unknown.
+            TypeError: ``timeout_seconds`` is not a non-negative number.
+        """
+        if (isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float)
+                or not timeout_seconds >= 0):
+            raise TypeError(f"PlacementGroup.wait(timeout_seconds=...) takes a non-negative "
+                            f"number of seconds, got {timeout_seconds!r}")
+        left_ns = seconds(float(min(timeout_seconds, 2.0**40)))
+        while True:
+            slice_ns = min(left_ns, WAIT_TIMEOUT_MAX_NS)
+            reply = _call(WaitPlacementGroupReady(request_id=0, pg_id=self.id.hex(),
+                                                  timeout_ns=slice_ns))
+            if reply.groups and reply.groups[0].state == "CREATED":
+                return True
+            left_ns -= slice_ns
+            if left_ns <= 0:
+                return False
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PlacementGroup, (self.id.hex(), self.bundle_specs, self.strategy))

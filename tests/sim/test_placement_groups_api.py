@@ -124,6 +124,41 @@ def test_a_group_that_fits_nowhere_stays_pending_and_names_resolve() -> None:
     assert "fits on no live node" in why
 
 
+@shoal.remote(num_cpus=0)
+def remove_after(groups: list[Any], seconds: float) -> None:
+    sim_api.sleep(seconds)
+    for pg in groups:
+        remove_placement_group(pg)
+
+
+def test_wait_asks_the_gcs_and_is_answered_on_creation_timeout_or_removal() -> None:
+    """``pg.wait`` runs no task: a pending group's wait returns True the moment room
+    frees (here: a task removes the groups holding every CPU), False after its timeout,
+    and raises for a removed group."""
+    def main() -> tuple[Any, ...]:
+        # One group per node, as big as the node (largest first, so each finds its node).
+        cpus = sorted((n["Resources"]["CPU"] for n in shoal.nodes() if n["Alive"]), reverse=True)
+        hogs = [placement_group([{"CPU": c}]) for c in cpus]
+        assert all(hog.wait(30) for hog in hogs)
+        later = placement_group([{"CPU": 1}])
+        started = sim_api.now()
+        early = later.wait(1.5), later.wait(0)
+        timed_out_after = sim_api.now() - started
+        remove_after.remote(hogs, 2.0)
+        started = sim_api.now()
+        ready = later.wait(30)
+        ready_after = sim_api.now() - started
+        remove_placement_group(later)
+        with pytest.raises(ValueError, match="was removed, so it will never be ready"):
+            later.wait(5)
+        return early, timed_out_after, ready, ready_after
+
+    early, timed_out_after, ready, ready_after = run(main)
+    assert early == (False, False)
+    assert 1.5 <= timed_out_after < 2.5, timed_out_after
+    assert ready and 2.0 <= ready_after < 5.0, ready_after
+
+
 def test_a_taken_name_and_bad_bundles_are_refused() -> None:
     def main() -> list[str]:
         errors = []
