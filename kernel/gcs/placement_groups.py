@@ -121,6 +121,9 @@ class PlacementGroupManager:
         self._place_armed = False
         self._incarnations: dict[NodeId, int] = {}  # live nodes as last seen
         self._waiters = ReadyWaiters()
+        # Rows that may be in a placement attempt (a superset: ``_available`` drops the
+        # rest), so that debiting reservations in flight does not walk every row.
+        self._attempting: dict[str, None] = {}
         tables = recovered or {}
         self._releases = Releases(config.retry_ns, tables.get(PG_RELEASES_TABLE))
         self._recover(tables.get(PGS_TABLE, {}))
@@ -151,6 +154,8 @@ class PlacementGroupManager:
         for row in sorted(rows, key=lambda r: (r.version, r.pg_id)):
             self._rows[row.pg_id] = row
             self.version = max(self.version, row.version)
+            if row.attempt_nodes:
+                self._attempting[row.pg_id] = None
             if row.state is PgState.REMOVED:
                 self._removed[row.pg_id] = None
             elif row.spec.name:
@@ -212,7 +217,7 @@ class PlacementGroupManager:
         self._rows[row.pg_id] = row
         if spec.name:
             self._names[(spec.namespace, spec.name)] = row.pg_id
-        effects = self._commit(row) + self._place(row, self._available(), now)
+        effects = self._place(row, self._available(), now)  # writes the new row durably
         return effects + [self._reply(src, msg.request_id, [row])]
 
     def remove_created_by(self, creator: Address, now: Nanos) -> list[Msg]:
@@ -322,8 +327,10 @@ class PlacementGroupManager:
     def _available(self) -> Avail:
         """The view's free resources, less what this GCS is reserving right now."""
         avail: Avail = {n.node_id: dict(n.available) for n in self._cluster.live_nodes()}
-        for row in self._rows.values():
-            if row.stage not in (PgStage.PREPARING, PgStage.COMMITTING):
+        for pg_id in list(self._attempting):
+            row = self._rows.get(pg_id)
+            if row is None or row.stage not in (PgStage.PREPARING, PgStage.COMMITTING):
+                del self._attempting[pg_id]
                 continue
             for node, indexes in row.attempt_nodes.items():
                 have = avail.get(node)
@@ -342,7 +349,7 @@ class PlacementGroupManager:
         placement, reason = place_bundles(row.spec.strategy, todo, fixed, avail)
         if placement is None:
             row.stage = PgStage.UNPLACED
-            changed = row.reason != reason
+            changed = row.reason != reason or row.version == 0  # 0: never written yet
             row.reason = reason
             return (self._commit(row) if changed else []) + self._arm_place(now)
         row.attempt += 1
@@ -354,6 +361,7 @@ class PlacementGroupManager:
             row.attempt_nodes[node] = (*row.attempt_nodes.get(node, ()), index)
         row.stage, row.reason = PgStage.PREPARING, ""
         row.waiting = dict.fromkeys(row.attempt_nodes)
+        self._attempting[row.pg_id] = None
         return self._commit(row) + self._send_attempt(row, now)
 
     def _send_attempt(self, row: PgRow, now: Nanos) -> list[Msg]:
@@ -550,6 +558,8 @@ class PlacementGroupManager:
         if not set(row.waiting) <= set(row.attempt_nodes) or row.version > self.version:
             raise InvariantViolation(f"{where}: waits on nodes outside its attempt")
         in_attempt = row.stage in (PgStage.PREPARING, PgStage.COMMITTING)
+        if in_attempt and row.pg_id not in self._attempting:
+            raise InvariantViolation(f"{where}: in an attempt but not indexed as attempting")
         if in_attempt != bool(row.attempt_nodes):
             raise InvariantViolation(f"{where}: attempt nodes {sorted(row.attempt_nodes)}")
 

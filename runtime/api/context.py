@@ -294,6 +294,12 @@ class PlacementGroupContext(Protocol):
     API raise ``NotImplementedError``.
     """
 
+    def placement_group_send(self, request: Any) -> Any:
+        """Sends one placement group request like ``placement_group_call`` without
+        waiting; returns a function that blocks until the ``PlacementGroupReply``
+        comes and returns it (calling it again returns the same reply)."""
+        ...
+
     def placement_group_call(self, request: Any) -> Any:
         """Sends one placement group request (``CreatePlacementGroup``,
         ``RemovePlacementGroup``, ``GetPlacementGroup``, ``ListPlacementGroups`` or

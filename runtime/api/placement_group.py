@@ -18,8 +18,10 @@ the older ``placement_group=pg, placement_group_bundle_index=i``): its
 resource request is rewritten to the group's resources (``group_shape``:
 ``CPU`` becomes ``CPU_group_<i>_<id>``...), which only the bundle's node has.
 
-The GCS is reached through the context's ``placement_group_call`` (documented
-in ``context.py``), which hosts implement over their GCS client.
+The GCS is reached through the context's ``placement_group_send`` (documented
+in ``context.py``), which hosts implement over their GCS client; creating an
+unnamed group and removing one do not wait for the GCS's answer, which is read
+before this process's next request about groups (``placement_group_calls.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from shoal.kernel.gcs.placement_group_protocol import (
 )
 from shoal.kernel.ids import seconds
 from shoal.runtime.api.context import get_context
+from shoal.runtime.api.placement_group_calls import calls_of
 from shoal.runtime.api.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 __all__ = [
@@ -156,19 +159,12 @@ def _ready_ref(pg: PlacementGroup) -> Any:
 
 
 def _call(request: PlacementGroupRequest) -> PlacementGroupReply:
-    ctx: Any = get_context()
-    call = getattr(ctx, "placement_group_call", None)
-    if call is None:
-        raise NotImplementedError(
-            f"this host ({type(ctx).__name__}) does not support placement groups yet")
-    reply: PlacementGroupReply = call(request)
-    if reply.error:
-        raise ValueError(reply.error)
-    return reply
+    """One request, its reply waited for (raises ``ValueError`` on an error reply)."""
+    return calls_of(get_context()).call(request)
 
 
 def decode_reply(value: bytes) -> PlacementGroupReply:
-    """The ``placement_group_call`` answer, from the GCS client's encoded reply."""
+    """The ``placement_group_send`` answer, from the GCS client's encoded reply."""
     return msgspec.msgpack.decode(value, type=PlacementGroupReply)
 
 
@@ -200,6 +196,9 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
                     ) -> PlacementGroup:
     """Asks the cluster to reserve ``bundles`` per ``strategy``; returns at once.
 
+    A named group's creation is answered before this returns (the name may be taken);
+    an unnamed group's answer is read with this process's next request about groups.
+
     Raises:
         ValueError: bad bundles, strategy or lifetime, or a name already in use.
     """
@@ -217,7 +216,11 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
     spec = PlacementGroupSpec(pg_id=pg_id, bundles=tuple(checked), strategy=strategy,  # type: ignore[arg-type]
                               name=name or "", namespace=_namespace(ctx),
                               detached=lifetime == "detached", creator=ctx.address)
-    _call(CreatePlacementGroup(request_id=0, spec=spec))
+    request = CreatePlacementGroup(request_id=0, spec=spec)
+    if name:
+        _call(request)  # a name may be taken: Ray raises that here
+    else:
+        calls_of(ctx).pipeline(request)  # can only fail for the GCS's limit: raised later
     return PlacementGroup(pg_id, checked, strategy)
 
 
@@ -228,11 +231,21 @@ def _namespace(ctx: Any) -> str:
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
-    """Frees the group's bundles; its actors die and its tasks' workers are killed."""
+    """Frees the group's bundles; its actors die and its tasks' workers are killed.
+
+    Returns without waiting for the GCS's answer (removal is idempotent there); this
+    process's next request about groups is answered after the removal.
+
+    Raises:
+        TypeError: not a ``PlacementGroup``.
+        ValueError: the group's creation failed (that is reported here if nothing
+            asked about the group before).
+    """
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group() takes a PlacementGroup, got "
                         f"{type(placement_group).__name__}")
-    _call(RemovePlacementGroup(request_id=0, pg_id=placement_group.id.hex()))
+    request = RemovePlacementGroup(request_id=0, pg_id=placement_group.id.hex())
+    calls_of(get_context()).pipeline(request)
 
 
 def _handle(info: PlacementGroupInfo) -> PlacementGroup:

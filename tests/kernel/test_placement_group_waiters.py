@@ -76,7 +76,7 @@ def test_a_pending_group_is_answered_when_it_is_created(m: PlacementGroupManager
     assert wait(m, 4, src=OTHER, timeout_ns=2 * S) == [SetTimer(key="gcs.pg.wait.2", at_ns=2 * S)]
     assert commit_all(m) == [
         CancelTimer(key="gcs.pg.retry.g1"),
-        ("put", "g1", "CREATED/none@4"),
+        ("put", "g1", "CREATED/none@3"),
         CancelTimer(key="gcs.pg.wait.1"),
         CancelTimer(key="gcs.pg.wait.2"),
         ("reply", 3, (("CREATED", ("n2",)),), ""),
