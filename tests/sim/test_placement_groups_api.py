@@ -159,6 +159,27 @@ def test_wait_asks_the_gcs_and_is_answered_on_creation_timeout_or_removal() -> N
     assert ready and 2.0 <= ready_after < 5.0, ready_after
 
 
+def test_pipelined_creates_and_removals_are_seen_by_the_next_request() -> None:
+    """Unnamed creates and removals do not wait for the GCS, yet the process's next
+    request sees them: the table lists a group just created and shows a group just
+    removed as removed, and a name freed by a removal can be taken at once."""
+    def main() -> tuple[list[str], list[str], bool]:
+        groups = [placement_group([{"CPU": 0.1}]) for _ in range(5)]
+        listed = [placement_group_table(pg)["state"] for pg in groups]
+        named = placement_group([{"CPU": 0.1}], name="again")
+        for pg in [*groups, named]:
+            remove_placement_group(pg)
+        removed = [placement_group_table(pg)["state"] for pg in groups]
+        reused = placement_group([{"CPU": 0.1}], name="again")
+        ok = reused.wait(30)
+        remove_placement_group(reused)
+        return listed, removed, ok
+
+    listed, removed, ok = run(main)
+    assert set(listed) <= {"PENDING", "CREATED"} and len(listed) == 5
+    assert removed == ["REMOVED"] * 5 and ok
+
+
 def test_a_taken_name_and_bad_bundles_are_refused() -> None:
     def main() -> list[str]:
         errors = []
