@@ -121,9 +121,12 @@ class PlacementGroupManager:
         self._place_armed = False
         self._incarnations: dict[NodeId, int] = {}  # live nodes as last seen
         self._waiters = ReadyWaiters()
-        # Rows that may be in a placement attempt (a superset: ``_available`` drops the
-        # rest), so that debiting reservations in flight does not walk every row.
+        # Rows that may be in a placement attempt (a superset: ``_reserving`` drops the
+        # rest), in the order they started it, and what they reserve per node (None:
+        # to be summed again, after an attempt ended or shrank), so that placing a
+        # group does not walk every row.
         self._attempting: dict[str, None] = {}
+        self._debits: dict[NodeId, dict[str, float]] | None = None
         tables = recovered or {}
         self._releases = Releases(config.retry_ns, tables.get(PG_RELEASES_TABLE))
         self._recover(tables.get(PGS_TABLE, {}))
@@ -286,7 +289,7 @@ class PlacementGroupManager:
         row.state, row.stage, row.reason = PgState.REMOVED, PgStage.NONE, ""
         row.nodes = [None] * len(row.nodes)
         row.committed = [False] * len(row.nodes)
-        row.attempt_nodes, row.waiting = {}, {}
+        row.attempt_nodes, row.waiting, self._debits = {}, {}, None
         if row.spec.name and self._names.get((row.spec.namespace, row.spec.name)) == row.pg_id:
             del self._names[(row.spec.namespace, row.spec.name)]
         self._removed[row.pg_id] = None
@@ -327,19 +330,25 @@ class PlacementGroupManager:
     def _available(self) -> Avail:
         """The view's free resources, less what this GCS is reserving right now."""
         avail: Avail = {n.node_id: dict(n.available) for n in self._cluster.live_nodes()}
-        for pg_id in list(self._attempting):
-            row = self._rows.get(pg_id)
-            if row is None or row.stage not in (PgStage.PREPARING, PgStage.COMMITTING):
-                del self._attempting[pg_id]
-                continue
-            for node, indexes in row.attempt_nodes.items():
-                have = avail.get(node)
-                if have is None:
-                    continue  # the node left the view: nothing to debit
-                for index in indexes:
-                    for name, amount in row.spec.bundles[index].items():
-                        have[name] = have.get(name, 0.0) - amount
+        for node, debit in self._reserving().items():
+            have = avail.get(node)
+            if have is None:
+                continue  # the node left the view: nothing to debit
+            for name, amount in debit.items():
+                have[name] = have.get(name, 0.0) - amount
         return avail
+
+    def _reserving(self) -> dict[NodeId, dict[str, float]]:
+        """What the rows in a placement attempt reserve, per node (summed again if stale)."""
+        if self._debits is None:
+            self._debits = _sum_debits(self._rows, self._attempting)
+        return self._debits
+
+    def _started_attempt(self, row: PgRow) -> None:
+        self._attempting.pop(row.pg_id, None)  # to the end: the order the debits are summed
+        self._attempting[row.pg_id] = None
+        if self._debits is not None:
+            _add_debits(self._debits, row)
 
     def _place(self, row: PgRow, avail: Avail, now: Nanos) -> list[Msg]:
         todo = [(i, row.spec.bundles[i]) for i, node in enumerate(row.nodes) if node is None]
@@ -361,7 +370,7 @@ class PlacementGroupManager:
             row.attempt_nodes[node] = (*row.attempt_nodes.get(node, ()), index)
         row.stage, row.reason = PgStage.PREPARING, ""
         row.waiting = dict.fromkeys(row.attempt_nodes)
-        self._attempting[row.pg_id] = None
+        self._started_attempt(row)
         return self._commit(row) + self._send_attempt(row, now)
 
     def _send_attempt(self, row: PgRow, now: Nanos) -> list[Msg]:
@@ -425,6 +434,7 @@ class PlacementGroupManager:
             effects += self._release(row, node, row.attempt_nodes[node], "commit refused", now)
             for index in row.attempt_nodes.pop(node):
                 row.nodes[index] = None
+            self._debits = None
         if row.waiting:
             return effects
         return effects + self._finish_attempt(row, now)
@@ -433,7 +443,7 @@ class PlacementGroupManager:
         for indexes in row.attempt_nodes.values():
             for index in indexes:
                 row.committed[index] = True
-        row.attempt_nodes = {}
+        row.attempt_nodes, self._debits = {}, None
         effects: list[Msg] = [CancelTimer(key=f"{_RETRY_TIMER}{row.pg_id}")]
         if all(row.committed):
             check_move(row.pg_id, row.state, PgState.CREATED)
@@ -454,7 +464,7 @@ class PlacementGroupManager:
             effects += self._release(row, node, indexes, "placement attempt rolled back", now)
             for index in indexes:
                 row.nodes[index] = None
-        row.attempt_nodes, row.waiting = {}, {}
+        row.attempt_nodes, row.waiting, self._debits = {}, {}, None
         row.stage, row.reason = PgStage.UNPLACED, reason
         return effects + self._commit(row) + self._arm_place(now)
 
@@ -536,6 +546,10 @@ class PlacementGroupManager:
         for row in self._rows.values():
             self._check_row(row)
         self._waiters.check_invariants()
+        if self._debits is not None and self._debits != _sum_debits(self._rows,
+                                                                    dict(self._attempting)):
+            raise InvariantViolation(f"gcs placement groups: cached reservations "
+                                     f"{self._debits} disagree with the rows in attempts")
         for pg_id in self._waiters.groups():
             row = self._rows.get(pg_id)
             if row is None or row.state in (PgState.CREATED, PgState.REMOVED):
@@ -567,3 +581,25 @@ class PlacementGroupManager:
 def _removed_error(pg_id: str) -> str:
     return (f"gcs: placement group {pg_id!r} was removed, so it will never be ready; "
             "create a new one")
+
+
+def _add_debits(debits: dict[NodeId, dict[str, float]], row: PgRow) -> None:
+    for node, indexes in row.attempt_nodes.items():
+        have = debits.setdefault(node, {})
+        for index in indexes:
+            for name, amount in row.spec.bundles[index].items():
+                have[name] = have.get(name, 0.0) + amount
+
+
+def _sum_debits(rows: Mapping[str, PgRow], attempting: dict[str, None]
+                ) -> dict[NodeId, dict[str, float]]:
+    """What the rows in ``attempting`` that are in an attempt reserve; drops the others
+    from ``attempting``."""
+    debits: dict[NodeId, dict[str, float]] = {}
+    for pg_id in list(attempting):
+        row = rows.get(pg_id)
+        if row is None or row.stage not in (PgStage.PREPARING, PgStage.COMMITTING):
+            del attempting[pg_id]
+            continue
+        _add_debits(debits, row)
+    return debits

@@ -138,6 +138,7 @@ def created(m: PlacementGroupManager, spec: PlacementGroupSpec) -> None:
         m.on_committed(Address(node=node, component="raylet"), BundlesCommitted(
             pg_id=spec.pg_id, attempt=row.attempt), 0)
     assert row.state is PgState.CREATED
+    m.check_invariants()
 
 
 def test_create_prepares_on_the_chosen_node_then_commits_then_is_created(

@@ -192,6 +192,16 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         if action != "drop":
             self._deliver(src, dst, msg)
 
+    @precondition(lambda self: self.network)
+    @rule()
+    def network_calm(self) -> None:
+        """Everything in flight (and what it causes) is delivered in order: attempts
+        complete, so the later rules also meet created groups."""
+        for _ in range(50):
+            if not self.network:
+                return
+            self._deliver(*self.network.pop(0))
+
     @rule(node=st.sampled_from(sorted(NODES)))
     def restart_node(self, node: NodeId) -> None:
         """The node's raylet crashes and comes back empty, under a new incarnation."""
