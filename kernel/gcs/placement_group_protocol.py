@@ -8,8 +8,9 @@ Clients (drivers and workers, through their GCS client) -> GCS:
   (``PlacementGroupInfo``) or an ``error``. ``WaitPlacementGroupReady`` (Ray's
   ``WaitPlacementGroupUntilReady``: ``pg.wait()`` runs no task) is answered
   when the group is ``CREATED`` (at once if it is), with the row still pending
-  once ``timeout_ns`` passed on the GCS's clock (the caller asks again for
-  longer waits), or with an ``error`` if the group is removed.
+  (or no row: the group was never created) once ``timeout_ns`` passed on the
+  GCS's clock (the caller asks again for longer waits), or with an ``error`` if
+  the group is removed. A wait may arrive before its group's creation.
 
 GCS <-> raylets, the two-phase reservation (Ray's prepare/commit): the GCS
 sends ``PrepareBundles`` (the bundles of one group that go to that node, under

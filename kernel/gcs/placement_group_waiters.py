@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 ``pg.wait(timeout_seconds)`` runs no task (as in Ray): the client asks the GCS
 to answer when the group is ``CREATED``. The placement group manager answers at
-once when it can (the group is created, removed or unknown, or the request asks
-no wait); otherwise it parks the request here, as a waiter keyed by the
+once when it can (the group is created or removed, or the request asks no
+wait); otherwise (the group may also be unknown yet) it parks the request here, as a waiter keyed by the
 request's ``(src, request_id)`` with a deadline timer.
 
 Every waiter ends in exactly one answer, and then leaves no state:
@@ -23,8 +23,8 @@ retransmits park them again. The deadline (at most ``WAIT_TIMEOUT_MAX_NS``)
 bounds how long a caller that went away leaves a waiter behind, and
 ``waiters_max`` how many there are.
 
-Invariant (checked by the manager): every waiter's group is a row that is
-neither ``CREATED`` nor ``REMOVED``, and the three indexes agree.
+Invariant (checked by the manager): no waiter's group is ``CREATED`` or
+``REMOVED``, and the three indexes agree.
 """
 
 from __future__ import annotations

@@ -37,9 +37,10 @@ removed when its creator's job ends (``remove_created_by``, called by ``Gcs``
 when the creating driver's exit is reported).
 
 Waiting (``WaitPlacementGroupReady``, ``pg.wait()``): answered at once when the
-group is created, removed or unknown; otherwise parked until the group is
-``CREATED`` (``_finish_attempt``), removed (``_to_removed``) or the request's
-deadline passes (``placement_group_waiters.py``).
+group is created or removed; otherwise (also when it is not known yet: its
+creation may be on its way) parked until the group is ``CREATED``
+(``_finish_attempt``), removed (``_to_removed``) or the request's deadline
+passes (``placement_group_waiters.py``).
 
 Durability: rows (``PGS_TABLE``) and releases (``PG_RELEASES_TABLE``) are
 written before the messages that depend on them; a restarted GCS resends what
@@ -49,7 +50,7 @@ Invariants (``check_invariants``): names index exactly the named rows not
 removed; a removed row holds nothing; every committed bundle has a node;
 ``CREATED`` means every bundle committed; the stage agrees with the state;
 waiting nodes are nodes of the attempt; callers wait only for groups neither
-created nor removed.
+created nor removed; cached reservations agree with the rows in attempts.
 """
 
 from __future__ import annotations
@@ -236,24 +237,25 @@ class PlacementGroupManager:
     # --- waiting until a group is created -----------------------------------------
 
     def _on_wait(self, src: Address, msg: WaitPlacementGroupReady, now: Nanos) -> list[Msg]:
-        """Answers at once when it can; else parks the request (``placement_group_waiters``)."""
+        """Answers at once when it can; else parks the request (``placement_group_waiters``).
+
+        A group not known (yet) is waited for too: its creation may still be on its way
+        (the creator does not wait for it, and a process it handed the group to may ask
+        the GCS first, over another connection)."""
         row = self._rows.get(msg.pg_id)
-        if row is None:
-            return [self._reply(src, msg.request_id, [], error=(
-                f"gcs: there is no placement group {msg.pg_id!r} to wait for (never created, "
-                "or removed long ago)"))]
-        if row.state is PgState.REMOVED:
-            return [self._reply(src, msg.request_id, [row], error=_removed_error(row.pg_id))]
-        if row.state is PgState.CREATED or msg.timeout_ns == 0:
-            return [self._reply(src, msg.request_id, [row])]
+        rows = [row] if row is not None else []
+        if row is not None and row.state is PgState.REMOVED:
+            return [self._reply(src, msg.request_id, rows, error=_removed_error(row.pg_id))]
+        if (row is not None and row.state is PgState.CREATED) or msg.timeout_ns == 0:
+            return [self._reply(src, msg.request_id, rows)]
         if self._waiters.is_parked(src, msg.request_id):
             return []  # a retransmit of a parked request
         if len(self._waiters) >= self._config.waiters_max:
-            return [self._reply(src, msg.request_id, [row], error=(
+            return [self._reply(src, msg.request_id, rows, error=(
                 f"gcs: {len(self._waiters)} callers already wait for placement groups "
                 f"(waiters_max={self._config.waiters_max}); wait again later"))]
         deadline_ns = now + min(msg.timeout_ns, WAIT_TIMEOUT_MAX_NS)
-        return self._waiters.park(src, msg.request_id, row.pg_id, deadline_ns)
+        return self._waiters.park(src, msg.request_id, msg.pg_id, deadline_ns)
 
     def _answer_waiters(self, row: PgRow, error: str = "") -> list[Msg]:
         """The group was created (or removed: ``error``): everyone waiting hears it now."""
@@ -264,8 +266,8 @@ class PlacementGroupManager:
         waiter = self._waiters.take_expired(key, now)
         if waiter is None:
             return []  # answered before its deadline
-        row = self._rows[waiter.pg_id]  # a waited-for row is neither created nor removed
-        return [self._reply(waiter.src, waiter.request_id, [row])]
+        row = self._rows.get(waiter.pg_id)  # neither created nor removed (or not known)
+        return [self._reply(waiter.src, waiter.request_id, [row] if row is not None else [])]
 
     def _on_remove(self, src: Address, msg: RemovePlacementGroup, now: Nanos) -> list[Msg]:
         row = self._rows.get(msg.pg_id)
@@ -552,10 +554,10 @@ class PlacementGroupManager:
                                      f"{self._debits} disagree with the rows in attempts")
         for pg_id in self._waiters.groups():
             row = self._rows.get(pg_id)
-            if row is None or row.state in (PgState.CREATED, PgState.REMOVED):
+            if row is not None and row.state in (PgState.CREATED, PgState.REMOVED):
                 raise InvariantViolation(
                     f"gcs placement groups: callers wait for group {pg_id!r}, which is "
-                    f"{row.state.value if row else 'gone'}; they should have been answered")
+                    f"{row.state.value}; they should have been answered")
 
     def _check_row(self, row: PgRow) -> None:
         where = f"gcs placement groups: group {row.pg_id!r} ({row.state.value}/{row.stage.value})"

@@ -132,11 +132,22 @@ def test_removal_answers_the_waiters_with_an_error(m: PlacementGroupManager) -> 
         ("reply", 8, (("REMOVED", (None,)),), ""),
     ]
     m.check_invariants()
-    # Waiting for a removed group, or one never created, fails at once.
+    # Waiting for a removed group fails at once.
     assert wait(m, 4) == [("reply", 4, (("REMOVED", (None,)),), why)]
-    assert wait(m, 5, pg_id="zz") == [("reply", 5, (), (
-        "gcs: there is no placement group 'zz' to wait for (never created, or removed long "
-        "ago)"))]
+
+
+def test_a_wait_that_overtakes_the_creation_is_answered_when_the_group_is_created(
+        m: PlacementGroupManager) -> None:
+    """The creator does not wait for its create's answer, and a process it handed the
+    group to may reach the GCS first: the wait parks for a group not known yet."""
+    assert wait(m, 3, pg_id="g1") == [SetTimer(key="gcs.pg.wait.1", at_ns=5 * S)]
+    create(m, pg_spec())
+    m.check_invariants()
+    assert commit_all(m)[-1] == ("reply", 3, (("CREATED", ("n2",)),), "")
+    # A group that never comes: the deadline answers with no row.
+    assert wait(m, 4, pg_id="never") == [SetTimer(key="gcs.pg.wait.2", at_ns=5 * S)]
+    assert plain(m.on_timer("gcs.pg.wait.2", 5 * S)) == [("reply", 4, (), "")]
+    m.check_invariants()
 
 
 def test_a_rescheduling_group_is_waited_for_until_created_again(

@@ -11,8 +11,9 @@ its resources back once every group is removed.
 
 A driver also waits for groups (``WaitPlacementGroupReady``), retransmitting its requests
 (and again after a GCS restart, which forgets waiters): an answer that says ``CREATED``
-comes only while the group is created, an error only for a removed or unknown group, and
-at the end every wait was answered and the GCS keeps no waiter.
+comes only while the group is created, an error only for a removed group, a not-ready
+answer only after the deadline (also for a group never created), and at the end every
+wait was answered and the GCS keeps no waiter.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         sent_ns = self.waits_sent_ns.pop(wait.request_id)
         row = self.manager.row(wait.pg_id)
         if reply.error:
-            assert row is None or row.state is PgState.REMOVED, (wait, reply)
-        elif reply.groups[0].state == "CREATED":
+            assert row is not None and row.state is PgState.REMOVED, (wait, reply)
+        elif reply.groups and reply.groups[0].state == "CREATED":
             assert row is not None and row.state is PgState.CREATED, (wait, reply)
         else:
             # Not ready: only once the (earliest) deadline passed.
