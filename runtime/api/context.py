@@ -304,9 +304,8 @@ class PlacementGroupContext(Protocol):
         """Sends one placement group request (``CreatePlacementGroup``,
         ``RemovePlacementGroup``, ``GetPlacementGroup``, ``ListPlacementGroups`` or
         ``WaitPlacementGroupReady``, whose ``request_id`` the GCS client overwrites) to
-        the GCS; blocks until the
-        ``PlacementGroupReply`` comes (retransmitting meanwhile) and returns it.
-        A reply with ``error`` set is returned, not raised."""
+        the GCS; blocks until the ``PlacementGroupReply`` comes (retransmitting
+        meanwhile) and returns it. A reply with ``error`` set is returned, not raised."""
         ...
 
 
