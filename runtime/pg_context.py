@@ -2,9 +2,12 @@
 ``ProdWorkerContext``.
 
 A request goes through the process's core worker and its GCS client exactly
-like an internal-KV call (``kv_call``: ``KvCallRequested`` posted to the trio
-loop, retransmitted to the GCS until answered); the ``CallCompleted`` value is
-the encoded ``PlacementGroupReply``.
+like an internal-KV call (``KvCallRequested`` posted to the trio loop,
+retransmitted to the GCS until answered); the ``CallCompleted`` value is the
+encoded ``PlacementGroupReply``. ``placement_group_send`` posts the request and
+returns a function that blocks for the reply, so the API may leave an answer
+unread for a while (``placement_group.py`` pipelines unnamed creates and
+removals that way).
 
 Lifetime: Ray scopes a group that is not detached to the job of the driver
 that created it. A driver remembers the non-detached groups it created (and
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal.kernel.gcs.placement_group_protocol import (
@@ -43,15 +47,21 @@ class ProdPlacementGroupContext:
     _owned_groups: dict[str, None] | None = None  # a driver's non-detached groups
 
     if TYPE_CHECKING:
-        def kv_call(self, request: Any) -> Any: ...
         def _post(self, event: Msg | None) -> None: ...
         def _new_waiter(self) -> _Waiter: ...
+        def _block(self, waiter: _Waiter) -> Any: ...
+
+    def placement_group_send(self, request: Any) -> Callable[[], PlacementGroupReply]:
+        """Posts one request; the returned function blocks until its reply comes (call it
+        as often as you like: later calls return the same reply at once)."""
+        waiter = self._new_waiter()
+        self._post(KvCallRequested(call_id=waiter.call_id, request=request))
+        if self.address.component == "driver":
+            self._note_owned(request)  # a create that fails is removed harmlessly at the end
+        return lambda: decode_reply(self._block(waiter))
 
     def placement_group_call(self, request: Any) -> PlacementGroupReply:
-        reply = decode_reply(self.kv_call(request))
-        if not reply.error and self.address.component == "driver":
-            self._note_owned(request)
-        return reply
+        return self.placement_group_send(request)()
 
     def _note_owned(self, request: Any) -> None:
         with self._lock:

@@ -75,6 +75,7 @@ from shoal.kernel.gcs.placement_group_protocol import (  # placement groups
     GetPlacementGroup,
     ListPlacementGroups,
     RemovePlacementGroup,
+    WaitPlacementGroupReady,
     group_marker,
 )
 from shoal.kernel.gcs.placement_group_records import PG_TIMER_PREFIX, PgManagerConfig
@@ -233,7 +234,7 @@ class Gcs:
                 return self._on_actor_lease(src, msg, now)
             # --- placement groups ---
             case CreatePlacementGroup() | RemovePlacementGroup() | GetPlacementGroup() \
-                    | ListPlacementGroups():
+                    | ListPlacementGroups() | WaitPlacementGroupReady():
                 return self.placement_groups.on_request(src, msg, now) + self._late_group(msg, now)
             case BundlesPrepared():
                 return self.placement_groups.on_prepared(src, msg, now)

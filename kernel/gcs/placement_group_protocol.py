@@ -2,9 +2,15 @@
 
 Clients (drivers and workers, through their GCS client) -> GCS:
   ``CreatePlacementGroup`` (idempotent by ``spec.pg_id``), ``RemovePlacementGroup``
-  (idempotent), ``GetPlacementGroup`` (by id, or by name in a namespace) and
-  ``ListPlacementGroups``; each is answered with one ``PlacementGroupReply``
-  carrying the rows asked for (``PlacementGroupInfo``) or an ``error``.
+  (idempotent), ``GetPlacementGroup`` (by id, or by name in a namespace),
+  ``ListPlacementGroups`` and ``WaitPlacementGroupReady``; each is answered with
+  one ``PlacementGroupReply`` carrying the rows asked for
+  (``PlacementGroupInfo``) or an ``error``. ``WaitPlacementGroupReady`` (Ray's
+  ``WaitPlacementGroupUntilReady``: ``pg.wait()`` runs no task) is answered
+  when the group is ``CREATED`` (at once if it is), with the row still pending
+  (or no row: the group was never created) once ``timeout_ns`` passed on the
+  GCS's clock (the caller asks again for longer waits), or with an ``error`` if
+  the group is removed. A wait may arrive before its group's creation.
 
 GCS <-> raylets, the two-phase reservation (Ray's prepare/commit): the GCS
 sends ``PrepareBundles`` (the bundles of one group that go to that node, under
@@ -97,6 +103,18 @@ class ListPlacementGroups(Msg):
     request_id: Seq
 
 
+class WaitPlacementGroupReady(Msg):
+    """Answer once group ``pg_id`` is ``CREATED``, or after ``timeout_ns`` with its row as
+    it is (at most ``WAIT_TIMEOUT_MAX_NS``: longer waits ask again)."""
+
+    request_id: Seq
+    pg_id: str
+    timeout_ns: Annotated[int, msgspec.Meta(ge=0, le=2**62)] = 0
+
+
+WAIT_TIMEOUT_MAX_NS = 60 * 1_000_000_000  # the longest one wait request parks at the GCS
+
+
 class PlacementGroupReply(Msg):
     request_id: Seq
     groups: tuple[PlacementGroupInfo, ...] = ()
@@ -104,7 +122,7 @@ class PlacementGroupReply(Msg):
 
 
 PlacementGroupRequest = (CreatePlacementGroup | RemovePlacementGroup | GetPlacementGroup
-                         | ListPlacementGroups)
+                         | ListPlacementGroups | WaitPlacementGroupReady)
 
 
 # --- GCS <-> raylets -------------------------------------------------------------
@@ -162,8 +180,8 @@ class BundlesReleased(Msg):
 
 PLACEMENT_GROUP_WIRE_TYPES: tuple[type[Msg], ...] = (
     CreatePlacementGroup, RemovePlacementGroup, GetPlacementGroup, ListPlacementGroups,
-    PlacementGroupReply, PrepareBundles, BundlesPrepared, CommitBundles, BundlesCommitted,
-    ReleaseBundles, BundlesReleased,
+    WaitPlacementGroupReady, PlacementGroupReply, PrepareBundles, BundlesPrepared, CommitBundles,
+    BundlesCommitted, ReleaseBundles, BundlesReleased,
 )
 
 

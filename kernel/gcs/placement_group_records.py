@@ -68,6 +68,7 @@ class PgManagerConfig(msgspec.Struct, frozen=True, kw_only=True):
     place_retry_ns: Nanos = NANOS_PER_SECOND  # placing pending groups again
     groups_max: int = 100_000  # groups not removed
     removed_max: int = 1000  # removed rows kept for lookups
+    waiters_max: int = 100_000  # parked WaitPlacementGroupReady requests
 
 
 class PgRecord(msgspec.Struct, frozen=True, kw_only=True):

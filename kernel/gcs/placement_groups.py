@@ -36,6 +36,12 @@ caller, ``Gcs``, asks the actor manager with ``removed_groups``). At most
 removed when its creator's job ends (``remove_created_by``, called by ``Gcs``
 when the creating driver's exit is reported).
 
+Waiting (``WaitPlacementGroupReady``, ``pg.wait()``): answered at once when the
+group is created or removed; otherwise (also when it is not known yet: its
+creation may be on its way) parked until the group is ``CREATED``
+(``_finish_attempt``), removed (``_to_removed``) or the request's deadline
+passes (``placement_group_waiters.py``).
+
 Durability: rows (``PGS_TABLE``) and releases (``PG_RELEASES_TABLE``) are
 written before the messages that depend on them; a restarted GCS resends what
 was in flight on ``Started`` (every raylet message is idempotent).
@@ -43,7 +49,8 @@ was in flight on ``Started`` (every raylet message is idempotent).
 Invariants (``check_invariants``): names index exactly the named rows not
 removed; a removed row holds nothing; every committed bundle has a node;
 ``CREATED`` means every bundle committed; the stage agrees with the state;
-waiting nodes are nodes of the attempt.
+waiting nodes are nodes of the attempt; callers wait only for groups neither
+created nor removed; cached reservations agree with the rows in attempts.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ import msgspec
 from shoal.kernel.errors import InvariantViolation
 from shoal.kernel.gcs.placement_group_policy import Avail, place_bundles
 from shoal.kernel.gcs.placement_group_protocol import (
+    WAIT_TIMEOUT_MAX_NS,
     BundlesCommitted,
     BundleSpec,
     BundlesPrepared,
@@ -66,6 +74,7 @@ from shoal.kernel.gcs.placement_group_protocol import (
     PlacementGroupReply,
     PrepareBundles,
     RemovePlacementGroup,
+    WaitPlacementGroupReady,
     spec_problem,
 )
 from shoal.kernel.gcs.placement_group_records import (
@@ -81,6 +90,7 @@ from shoal.kernel.gcs.placement_group_records import (
     Releases,
     check_move,
 )
+from shoal.kernel.gcs.placement_group_waiters import WAIT_TIMER_PREFIX, ReadyWaiters
 from shoal.kernel.gcs.protocol import NodeInfo
 from shoal.kernel.gcs.resource_protocol import NodeResources
 from shoal.kernel.ids import Nanos, NodeId
@@ -111,6 +121,13 @@ class PlacementGroupManager:
         self.version = 0
         self._place_armed = False
         self._incarnations: dict[NodeId, int] = {}  # live nodes as last seen
+        self._waiters = ReadyWaiters()
+        # Rows that may be in a placement attempt (a superset: ``_reserving`` drops the
+        # rest), in the order they started it, and what they reserve per node (None:
+        # to be summed again, after an attempt ended or shrank), so that placing a
+        # group does not walk every row.
+        self._attempting: dict[str, None] = {}
+        self._debits: dict[NodeId, dict[str, float]] | None = None
         tables = recovered or {}
         self._releases = Releases(config.retry_ns, tables.get(PG_RELEASES_TABLE))
         self._recover(tables.get(PGS_TABLE, {}))
@@ -125,6 +142,11 @@ class PlacementGroupManager:
         return tuple(self._rows.values())
 
     @property
+    def waiter_count(self) -> int:
+        """Parked ``WaitPlacementGroupReady`` requests."""
+        return len(self._waiters)
+
+    @property
     def releases(self) -> tuple[tuple[str, NodeId, int], ...]:
         return self._releases.entries()
 
@@ -136,6 +158,8 @@ class PlacementGroupManager:
         for row in sorted(rows, key=lambda r: (r.version, r.pg_id)):
             self._rows[row.pg_id] = row
             self.version = max(self.version, row.version)
+            if row.attempt_nodes:
+                self._attempting[row.pg_id] = None
             if row.state is PgState.REMOVED:
                 self._removed[row.pg_id] = None
             elif row.spec.name:
@@ -161,6 +185,8 @@ class PlacementGroupManager:
                 return [self._reply(src, msg.request_id, self._lookup(msg))]
             case ListPlacementGroups():
                 return [self._reply(src, msg.request_id, list(self._rows.values()))]
+            case WaitPlacementGroupReady():
+                return self._on_wait(src, msg, now)
         return []
 
     @staticmethod
@@ -195,7 +221,7 @@ class PlacementGroupManager:
         self._rows[row.pg_id] = row
         if spec.name:
             self._names[(spec.namespace, spec.name)] = row.pg_id
-        effects = self._commit(row) + self._place(row, self._available(), now)
+        effects = self._place(row, self._available(), now)  # writes the new row durably
         return effects + [self._reply(src, msg.request_id, [row])]
 
     def remove_created_by(self, creator: Address, now: Nanos) -> list[Msg]:
@@ -207,6 +233,41 @@ class PlacementGroupManager:
                     and row.spec.creator == creator):
                 effects += self._to_removed(row, now)
         return effects
+
+    # --- waiting until a group is created -----------------------------------------
+
+    def _on_wait(self, src: Address, msg: WaitPlacementGroupReady, now: Nanos) -> list[Msg]:
+        """Answers at once when it can; else parks the request (``placement_group_waiters``).
+
+        A group not known (yet) is waited for too: its creation may still be on its way
+        (the creator does not wait for it, and a process it handed the group to may ask
+        the GCS first, over another connection)."""
+        row = self._rows.get(msg.pg_id)
+        rows = [row] if row is not None else []
+        if row is not None and row.state is PgState.REMOVED:
+            return [self._reply(src, msg.request_id, rows, error=_removed_error(row.pg_id))]
+        if (row is not None and row.state is PgState.CREATED) or msg.timeout_ns == 0:
+            return [self._reply(src, msg.request_id, rows)]
+        if self._waiters.is_parked(src, msg.request_id):
+            return []  # a retransmit of a parked request
+        if len(self._waiters) >= self._config.waiters_max:
+            return [self._reply(src, msg.request_id, rows, error=(
+                f"gcs: {len(self._waiters)} callers already wait for placement groups "
+                f"(waiters_max={self._config.waiters_max}); wait again later"))]
+        deadline_ns = now + min(msg.timeout_ns, WAIT_TIMEOUT_MAX_NS)
+        return self._waiters.park(src, msg.request_id, msg.pg_id, deadline_ns)
+
+    def _answer_waiters(self, row: PgRow, error: str = "") -> list[Msg]:
+        """The group was created (or removed: ``error``): everyone waiting hears it now."""
+        waiters, effects = self._waiters.take_group(row.pg_id)
+        return effects + [self._reply(w.src, w.request_id, [row], error) for w in waiters]
+
+    def _on_wait_expired(self, key: str, now: Nanos) -> list[Msg]:
+        waiter = self._waiters.take_expired(key, now)
+        if waiter is None:
+            return []  # answered before its deadline
+        row = self._rows.get(waiter.pg_id)  # neither created nor removed (or not known)
+        return [self._reply(waiter.src, waiter.request_id, [row] if row is not None else [])]
 
     def _on_remove(self, src: Address, msg: RemovePlacementGroup, now: Nanos) -> list[Msg]:
         row = self._rows.get(msg.pg_id)
@@ -230,12 +291,12 @@ class PlacementGroupManager:
         row.state, row.stage, row.reason = PgState.REMOVED, PgStage.NONE, ""
         row.nodes = [None] * len(row.nodes)
         row.committed = [False] * len(row.nodes)
-        row.attempt_nodes, row.waiting = {}, {}
+        row.attempt_nodes, row.waiting, self._debits = {}, {}, None
         if row.spec.name and self._names.get((row.spec.namespace, row.spec.name)) == row.pg_id:
             del self._names[(row.spec.namespace, row.spec.name)]
         self._removed[row.pg_id] = None
         self.removed_groups.append(row.pg_id)
-        effects += self._commit(row)
+        effects += self._commit(row) + self._answer_waiters(row, _removed_error(row.pg_id))
         while len(self._removed) > self._config.removed_max:
             oldest = next(iter(self._removed))
             del self._removed[oldest]
@@ -271,17 +332,25 @@ class PlacementGroupManager:
     def _available(self) -> Avail:
         """The view's free resources, less what this GCS is reserving right now."""
         avail: Avail = {n.node_id: dict(n.available) for n in self._cluster.live_nodes()}
-        for row in self._rows.values():
-            if row.stage not in (PgStage.PREPARING, PgStage.COMMITTING):
-                continue
-            for node, indexes in row.attempt_nodes.items():
-                have = avail.get(node)
-                if have is None:
-                    continue  # the node left the view: nothing to debit
-                for index in indexes:
-                    for name, amount in row.spec.bundles[index].items():
-                        have[name] = have.get(name, 0.0) - amount
+        for node, debit in self._reserving().items():
+            have = avail.get(node)
+            if have is None:
+                continue  # the node left the view: nothing to debit
+            for name, amount in debit.items():
+                have[name] = have.get(name, 0.0) - amount
         return avail
+
+    def _reserving(self) -> dict[NodeId, dict[str, float]]:
+        """What the rows in a placement attempt reserve, per node (summed again if stale)."""
+        if self._debits is None:
+            self._debits = _sum_debits(self._rows, self._attempting)
+        return self._debits
+
+    def _started_attempt(self, row: PgRow) -> None:
+        self._attempting.pop(row.pg_id, None)  # to the end: the order the debits are summed
+        self._attempting[row.pg_id] = None
+        if self._debits is not None:
+            _add_debits(self._debits, row)
 
     def _place(self, row: PgRow, avail: Avail, now: Nanos) -> list[Msg]:
         todo = [(i, row.spec.bundles[i]) for i, node in enumerate(row.nodes) if node is None]
@@ -291,7 +360,7 @@ class PlacementGroupManager:
         placement, reason = place_bundles(row.spec.strategy, todo, fixed, avail)
         if placement is None:
             row.stage = PgStage.UNPLACED
-            changed = row.reason != reason
+            changed = row.reason != reason or row.version == 0  # 0: never written yet
             row.reason = reason
             return (self._commit(row) if changed else []) + self._arm_place(now)
         row.attempt += 1
@@ -303,6 +372,7 @@ class PlacementGroupManager:
             row.attempt_nodes[node] = (*row.attempt_nodes.get(node, ()), index)
         row.stage, row.reason = PgStage.PREPARING, ""
         row.waiting = dict.fromkeys(row.attempt_nodes)
+        self._started_attempt(row)
         return self._commit(row) + self._send_attempt(row, now)
 
     def _send_attempt(self, row: PgRow, now: Nanos) -> list[Msg]:
@@ -366,6 +436,7 @@ class PlacementGroupManager:
             effects += self._release(row, node, row.attempt_nodes[node], "commit refused", now)
             for index in row.attempt_nodes.pop(node):
                 row.nodes[index] = None
+            self._debits = None
         if row.waiting:
             return effects
         return effects + self._finish_attempt(row, now)
@@ -374,12 +445,12 @@ class PlacementGroupManager:
         for indexes in row.attempt_nodes.values():
             for index in indexes:
                 row.committed[index] = True
-        row.attempt_nodes = {}
+        row.attempt_nodes, self._debits = {}, None
         effects: list[Msg] = [CancelTimer(key=f"{_RETRY_TIMER}{row.pg_id}")]
         if all(row.committed):
             check_move(row.pg_id, row.state, PgState.CREATED)
             row.state, row.stage, row.reason = PgState.CREATED, PgStage.NONE, ""
-            return effects + self._commit(row)
+            return effects + self._commit(row) + self._answer_waiters(row)
         row.stage = PgStage.UNPLACED
         return effects + self._commit(row) + self._place(row, self._available(), now)
 
@@ -395,7 +466,7 @@ class PlacementGroupManager:
             effects += self._release(row, node, indexes, "placement attempt rolled back", now)
             for index in indexes:
                 row.nodes[index] = None
-        row.attempt_nodes, row.waiting = {}, {}
+        row.attempt_nodes, row.waiting, self._debits = {}, {}, None
         row.stage, row.reason = PgStage.UNPLACED, reason
         return effects + self._commit(row) + self._arm_place(now)
 
@@ -456,6 +527,8 @@ class PlacementGroupManager:
         if key == _PLACE_TIMER:
             self._place_armed = False
             return self._place_unplaced(now)
+        if key.startswith(WAIT_TIMER_PREFIX):
+            return self._on_wait_expired(key, now)
         if key.startswith(RELEASE_TIMER_PREFIX):
             return self._releases.send(key[len(RELEASE_TIMER_PREFIX):], now)
         if key.startswith(_RETRY_TIMER):
@@ -474,6 +547,17 @@ class PlacementGroupManager:
                                      f"but named groups {sorted(names)}")
         for row in self._rows.values():
             self._check_row(row)
+        self._waiters.check_invariants()
+        if self._debits is not None and self._debits != _sum_debits(self._rows,
+                                                                    dict(self._attempting)):
+            raise InvariantViolation(f"gcs placement groups: cached reservations "
+                                     f"{self._debits} disagree with the rows in attempts")
+        for pg_id in self._waiters.groups():
+            row = self._rows.get(pg_id)
+            if row is not None and row.state in (PgState.CREATED, PgState.REMOVED):
+                raise InvariantViolation(
+                    f"gcs placement groups: callers wait for group {pg_id!r}, which is "
+                    f"{row.state.value}; they should have been answered")
 
     def _check_row(self, row: PgRow) -> None:
         where = f"gcs placement groups: group {row.pg_id!r} ({row.state.value}/{row.stage.value})"
@@ -490,5 +574,34 @@ class PlacementGroupManager:
         if not set(row.waiting) <= set(row.attempt_nodes) or row.version > self.version:
             raise InvariantViolation(f"{where}: waits on nodes outside its attempt")
         in_attempt = row.stage in (PgStage.PREPARING, PgStage.COMMITTING)
+        if in_attempt and row.pg_id not in self._attempting:
+            raise InvariantViolation(f"{where}: in an attempt but not indexed as attempting")
         if in_attempt != bool(row.attempt_nodes):
             raise InvariantViolation(f"{where}: attempt nodes {sorted(row.attempt_nodes)}")
+
+
+def _removed_error(pg_id: str) -> str:
+    return (f"gcs: placement group {pg_id!r} was removed, so it will never be ready; "
+            "create a new one")
+
+
+def _add_debits(debits: dict[NodeId, dict[str, float]], row: PgRow) -> None:
+    for node, indexes in row.attempt_nodes.items():
+        have = debits.setdefault(node, {})
+        for index in indexes:
+            for name, amount in row.spec.bundles[index].items():
+                have[name] = have.get(name, 0.0) + amount
+
+
+def _sum_debits(rows: Mapping[str, PgRow], attempting: dict[str, None]
+                ) -> dict[NodeId, dict[str, float]]:
+    """What the rows in ``attempting`` that are in an attempt reserve; drops the others
+    from ``attempting``."""
+    debits: dict[NodeId, dict[str, float]] = {}
+    for pg_id in list(attempting):
+        row = rows.get(pg_id)
+        if row is None or row.stage not in (PgStage.PREPARING, PgStage.COMMITTING):
+            del attempting[pg_id]
+            continue
+        _add_debits(debits, row)
+    return debits

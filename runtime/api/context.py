@@ -294,12 +294,18 @@ class PlacementGroupContext(Protocol):
     API raise ``NotImplementedError``.
     """
 
+    def placement_group_send(self, request: Any) -> Any:
+        """Sends one placement group request like ``placement_group_call`` without
+        waiting; returns a function that blocks until the ``PlacementGroupReply``
+        comes and returns it (calling it again returns the same reply)."""
+        ...
+
     def placement_group_call(self, request: Any) -> Any:
         """Sends one placement group request (``CreatePlacementGroup``,
-        ``RemovePlacementGroup``, ``GetPlacementGroup`` or ``ListPlacementGroups``,
-        whose ``request_id`` the GCS client overwrites) to the GCS; blocks until the
-        ``PlacementGroupReply`` comes (retransmitting meanwhile) and returns it.
-        A reply with ``error`` set is returned, not raised."""
+        ``RemovePlacementGroup``, ``GetPlacementGroup``, ``ListPlacementGroups`` or
+        ``WaitPlacementGroupReady``, whose ``request_id`` the GCS client overwrites) to
+        the GCS; blocks until the ``PlacementGroupReply`` comes (retransmitting
+        meanwhile) and returns it. A reply with ``error`` set is returned, not raised."""
         ...
 
 

@@ -6,8 +6,11 @@ group and returns a ``PlacementGroup`` at once (the group may still be
 pending). ``pg.ready()`` is an ``ObjectRef`` that resolves (to the group) once
 every bundle is reserved: like Ray, it is a tiny zero-CPU task per bundle,
 scheduled into that bundle, so it can only run where the bundle exists.
-``pg.wait(timeout_seconds)`` waits on it. ``remove_placement_group`` frees the
-bundles (the GCS kills the group's actors; the raylets end its leases).
+``pg.wait(timeout_seconds)`` runs no task (as in Ray): it asks the GCS to
+answer when the group is created (``WaitPlacementGroupReady``), in slices of
+at most ``WAIT_TIMEOUT_MAX_NS``, the timeout measured on the GCS's clock.
+``remove_placement_group`` frees the bundles (the GCS kills the group's
+actors; the raylets end its leases).
 
 A task or actor runs in a group with
 ``options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i))`` (or
@@ -15,8 +18,10 @@ the older ``placement_group=pg, placement_group_bundle_index=i``): its
 resource request is rewritten to the group's resources (``group_shape``:
 ``CPU`` becomes ``CPU_group_<i>_<id>``...), which only the bundle's node has.
 
-The GCS is reached through the context's ``placement_group_call`` (documented
-in ``context.py``), which hosts implement over their GCS client.
+The GCS is reached through the context's ``placement_group_send`` (documented
+in ``context.py``), which hosts implement over their GCS client; creating an
+unnamed group and removing one do not wait for the GCS's answer, which is read
+before this process's next request about groups (``placement_group_calls.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import msgspec
 from shoal.kernel.gcs.placement_group_protocol import (
     STRATEGIES,
+    WAIT_TIMEOUT_MAX_NS,
     CreatePlacementGroup,
     GetPlacementGroup,
     ListPlacementGroups,
@@ -35,9 +41,12 @@ from shoal.kernel.gcs.placement_group_protocol import (
     PlacementGroupRequest,
     PlacementGroupSpec,
     RemovePlacementGroup,
+    WaitPlacementGroupReady,
     group_shape,
 )
+from shoal.kernel.ids import seconds
 from shoal.runtime.api.context import get_context
+from shoal.runtime.api.placement_group_calls import calls_of
 from shoal.runtime.api.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 __all__ = [
@@ -97,11 +106,26 @@ class PlacementGroup:
         return self._ready_ref
 
     def wait(self, timeout_seconds: float = 30) -> bool:
-        """Waits up to ``timeout_seconds`` for the group to be ready; returns whether it is."""
-        from shoal.runtime.api.api import wait
+        """Waits up to ``timeout_seconds`` for the group to be created; returns whether it is.
 
-        ready, _ = wait([self.ready()], timeout=timeout_seconds)
-        return bool(ready)
+        Raises:
+            ValueError: the group was removed (it will never be ready), or is unknown.
+            TypeError: ``timeout_seconds`` is not a non-negative number.
+        """
+        if (isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float)
+                or not timeout_seconds >= 0):
+            raise TypeError(f"PlacementGroup.wait(timeout_seconds=...) takes a non-negative "
+                            f"number of seconds, got {timeout_seconds!r}")
+        left_ns = seconds(float(min(timeout_seconds, 2.0**40)))
+        while True:
+            slice_ns = min(left_ns, WAIT_TIMEOUT_MAX_NS)
+            reply = _call(WaitPlacementGroupReady(request_id=0, pg_id=self.id.hex(),
+                                                  timeout_ns=slice_ns))
+            if reply.groups and reply.groups[0].state == "CREATED":
+                return True
+            left_ns -= slice_ns
+            if left_ns <= 0:
+                return False
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PlacementGroup, (self.id.hex(), self.bundle_specs, self.strategy))
@@ -135,19 +159,12 @@ def _ready_ref(pg: PlacementGroup) -> Any:
 
 
 def _call(request: PlacementGroupRequest) -> PlacementGroupReply:
-    ctx: Any = get_context()
-    call = getattr(ctx, "placement_group_call", None)
-    if call is None:
-        raise NotImplementedError(
-            f"this host ({type(ctx).__name__}) does not support placement groups yet")
-    reply: PlacementGroupReply = call(request)
-    if reply.error:
-        raise ValueError(reply.error)
-    return reply
+    """One request, its reply waited for (raises ``ValueError`` on an error reply)."""
+    return calls_of(get_context()).call(request)
 
 
 def decode_reply(value: bytes) -> PlacementGroupReply:
-    """The ``placement_group_call`` answer, from the GCS client's encoded reply."""
+    """The ``placement_group_send`` answer, from the GCS client's encoded reply."""
     return msgspec.msgpack.decode(value, type=PlacementGroupReply)
 
 
@@ -179,6 +196,9 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
                     ) -> PlacementGroup:
     """Asks the cluster to reserve ``bundles`` per ``strategy``; returns at once.
 
+    A named group's creation is answered before this returns (the name may be taken);
+    an unnamed group's answer is read with this process's next request about groups.
+
     Raises:
         ValueError: bad bundles, strategy or lifetime, or a name already in use.
     """
@@ -196,7 +216,11 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
     spec = PlacementGroupSpec(pg_id=pg_id, bundles=tuple(checked), strategy=strategy,  # type: ignore[arg-type]
                               name=name or "", namespace=_namespace(ctx),
                               detached=lifetime == "detached", creator=ctx.address)
-    _call(CreatePlacementGroup(request_id=0, spec=spec))
+    request = CreatePlacementGroup(request_id=0, spec=spec)
+    if name:
+        _call(request)  # a name may be taken: Ray raises that here
+    else:
+        calls_of(ctx).pipeline(request)  # can only fail for the GCS's limit: raised later
     return PlacementGroup(pg_id, checked, strategy)
 
 
@@ -207,11 +231,21 @@ def _namespace(ctx: Any) -> str:
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
-    """Frees the group's bundles; its actors die and its tasks' workers are killed."""
+    """Frees the group's bundles; its actors die and its tasks' workers are killed.
+
+    Returns without waiting for the GCS's answer (removal is idempotent there); this
+    process's next request about groups is answered after the removal.
+
+    Raises:
+        TypeError: not a ``PlacementGroup``.
+        ValueError: the group's creation failed (that is reported here if nothing
+            asked about the group before).
+    """
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group() takes a PlacementGroup, got "
                         f"{type(placement_group).__name__}")
-    _call(RemovePlacementGroup(request_id=0, pg_id=placement_group.id.hex()))
+    request = RemovePlacementGroup(request_id=0, pg_id=placement_group.id.hex())
+    calls_of(get_context()).pipeline(request)
 
 
 def _handle(info: PlacementGroupInfo) -> PlacementGroup:

@@ -138,25 +138,26 @@ def created(m: PlacementGroupManager, spec: PlacementGroupSpec) -> None:
         m.on_committed(Address(node=node, component="raylet"), BundlesCommitted(
             pg_id=spec.pg_id, attempt=row.attempt), 0)
     assert row.state is PgState.CREATED
+    m.check_invariants()
 
 
 def test_create_prepares_on_the_chosen_node_then_commits_then_is_created(
         m: PlacementGroupManager) -> None:
+    # One durable write of the new row, already preparing.
     assert create(m, pg_spec(bundles=({"CPU": 1.0}, {"CPU": 1.0}))) == [
-        ("put", "g1", "PENDING/unplaced@1"),
-        ("put", "g1", "PENDING/preparing@2"),
+        ("put", "g1", "PENDING/preparing@1"),
         Send(dst=R2, msg=prepare("g1", 1, (0, 1.0), (1, 1.0))),
         SetTimer(key="gcs.pg.retry.g1", at_ns=S // 2),
         ("reply", 7, (("PENDING", (None, None)),), ""),
     ]
     assert plain(m.on_prepared(R2, BundlesPrepared(pg_id="g1", attempt=1, ok=True), 0)) == [
-        ("put", "g1", "PENDING/committing@3"),
+        ("put", "g1", "PENDING/committing@2"),
         Send(dst=R2, msg=CommitBundles(pg_id="g1", attempt=1, indexes=(0, 1))),
         SetTimer(key="gcs.pg.retry.g1", at_ns=S // 2),
     ]
     assert plain(m.on_committed(R2, BundlesCommitted(pg_id="g1", attempt=1), 0)) == [
         CancelTimer(key="gcs.pg.retry.g1"),
-        ("put", "g1", "CREATED/none@4"),
+        ("put", "g1", "CREATED/none@3"),
     ]
     get = GetPlacementGroup(request_id=9, pg_id="g1")
     assert plain(m.on_request(DRIVER, get, 0)) == [
@@ -200,7 +201,7 @@ def test_a_refused_prepare_rolls_the_attempt_back_and_retries_on_the_timer(
         Send(dst=R1, msg=ReleaseBundles(pg_id="g1", attempt=1, indexes=(1,),
                                         reason="placement attempt rolled back")),
         SetTimer(key="gcs.pg.release.g1@n1", at_ns=S // 2),
-        ("put", "g1", "PENDING/unplaced@3"),
+        ("put", "g1", "PENDING/unplaced@2"),
         SetTimer(key="gcs.pg.place", at_ns=S),
     ]
     assert row.reason == "node 'n2' refused: busy"
@@ -213,14 +214,13 @@ def test_a_refused_prepare_rolls_the_attempt_back_and_retries_on_the_timer(
         CancelTimer(key="gcs.pg.release.g1@n1"), StoreDelete(table=PG_RELEASES_TABLE,
                                                              key=b"g1@n1")]
     out = plain(m.on_timer("gcs.pg.place", S))
-    assert out[0] == ("put", "g1", "PENDING/preparing@4") and row.attempt == 2
+    assert out[0] == ("put", "g1", "PENDING/preparing@3") and row.attempt == 2
 
 
 def test_infeasible_group_stays_pending_with_a_reason_until_a_node_joins(
         m: PlacementGroupManager, facts: Facts) -> None:
     assert create(m, pg_spec(bundles=({"CPU": 8.0},))) == [
         ("put", "g1", "PENDING/unplaced@1"),
-        ("put", "g1", "PENDING/unplaced@2"),
         SetTimer(key="gcs.pg.place", at_ns=S),
         ("reply", 7, (("PENDING", (None,)),), ""),
     ]
@@ -228,7 +228,7 @@ def test_infeasible_group_stays_pending_with_a_reason_until_a_node_joins(
     assert row is not None and "fits on no live node" in row.reason
     facts.join("n3", 8.0)
     out = plain(m.on_cluster_changed(0))
-    assert out[:2] == [("put", "g1", "PENDING/preparing@3"),
+    assert out[:2] == [("put", "g1", "PENDING/preparing@2"),
                        Send(dst=R3, msg=prepare("g1", 1, (0, 8.0)))]
 
 
@@ -241,8 +241,8 @@ def test_node_death_reschedules_only_the_lost_bundles(m: PlacementGroupManager,
     facts.kill("n1")
     out = plain(m.on_cluster_changed(0))
     assert out == [
-        ("put", "g1", "RESCHEDULING/unplaced@5"),
-        ("put", "g1", "RESCHEDULING/preparing@6"),
+        ("put", "g1", "RESCHEDULING/unplaced@4"),
+        ("put", "g1", "RESCHEDULING/preparing@5"),
         Send(dst=R3, msg=prepare("g1", 2, (1, 1.0))),
         SetTimer(key="gcs.pg.retry.g1", at_ns=S // 2),
     ]
@@ -264,7 +264,7 @@ def test_remove_releases_every_node_and_reports_the_group_for_its_actors(
         ("releasing", "g1@n1"),
         Send(dst=R1, msg=ReleaseBundles(pg_id="g1", attempt=1, reason=why)),
         SetTimer(key="gcs.pg.release.g1@n1", at_ns=S // 2),
-        ("put", "g1", "REMOVED/none@5"),
+        ("put", "g1", "REMOVED/none@4"),
         ("reply", 5, (("REMOVED", (None, None)),), ""),
     ]
     assert m.removed_groups == ["g1"]

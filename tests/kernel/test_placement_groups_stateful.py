@@ -8,6 +8,12 @@ Invariants after every step: the manager's indexes agree, every raylet's ledger 
 bundle committed on the raylet it names. At the end, once the network is drained and the
 retransmit timers have fired: removed groups hold nothing anywhere, and every raylet has
 its resources back once every group is removed.
+
+A driver also waits for groups (``WaitPlacementGroupReady``), retransmitting its requests
+(and again after a GCS restart, which forgets waiters): an answer that says ``CREATED``
+comes only while the group is created, an error only for a removed group, a not-ready
+answer only after the deadline (also for a group never created), and at the end every
+wait was answered and the GCS keeps no waiter.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from shoal.kernel.gcs.placement_group_protocol import (
     BundlesPrepared,
     BundlesReleased,
     CreatePlacementGroup,
+    PlacementGroupReply,
     PlacementGroupSpec,
     RemovePlacementGroup,
+    WaitPlacementGroupReady,
 )
 from shoal.kernel.gcs.placement_group_records import PgManagerConfig, PgState
 from shoal.kernel.gcs.placement_groups import PlacementGroupManager
@@ -89,10 +97,13 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         self.raylets = {node_id: make_raylet(node_id) for node_id in NODES}
         self.manager = PlacementGroupManager(PgManagerConfig(), Cluster(self.raylets))
         self.network: list[tuple[Address, Address, Msg]] = []  # (src, dst, msg) in flight
-        self.timers: dict[str, None] = {}
+        self.timers: dict[str, int] = {}  # key -> when it fires
         self.store: dict[str, dict[bytes, bytes]] = {}  # the GCS's durable tables
         self.next_group = 1
         self.now = 0
+        self.waits: dict[int, WaitPlacementGroupReady] = {}  # the driver's, unanswered
+        self.waits_sent_ns: dict[int, int] = {}  # when each was first sent
+        self.next_wait = 100
 
     # --- plumbing ------------------------------------------------------------
 
@@ -100,12 +111,28 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         for effect in effects:
             if isinstance(effect, Send) and effect.dst.component == "raylet":
                 self.network.append((GCS, effect.dst, effect.msg))
+            elif isinstance(effect, Send) and isinstance(effect.msg, PlacementGroupReply):
+                self._on_reply(effect.msg)
             elif isinstance(effect, SetTimer):
-                self.timers[effect.key] = None
+                self.timers[effect.key] = effect.at_ns
             elif isinstance(effect, StorePut):
                 self.store.setdefault(effect.table, {})[effect.key] = effect.value
             elif isinstance(effect, StoreDelete):
                 self.store.get(effect.table, {}).pop(effect.key, None)
+
+    def _on_reply(self, reply: PlacementGroupReply) -> None:
+        wait = self.waits.pop(reply.request_id, None)
+        if wait is None:
+            return  # a create/remove answer, or a duplicate the client drops
+        sent_ns = self.waits_sent_ns.pop(wait.request_id)
+        row = self.manager.row(wait.pg_id)
+        if reply.error:
+            assert row is not None and row.state is PgState.REMOVED, (wait, reply)
+        elif reply.groups and reply.groups[0].state == "CREATED":
+            assert row is not None and row.state is PgState.CREATED, (wait, reply)
+        else:
+            # Not ready: only once the (earliest) deadline passed.
+            assert self.now >= sent_ns + wait.timeout_ns, (wait, reply, sent_ns, self.now)
 
     def _deliver(self, src: Address, dst: Address, msg: Msg) -> None:
         if dst == GCS:
@@ -140,6 +167,22 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         self._gcs_effects(self.manager.on_request(
             DRIVER, RemovePlacementGroup(request_id=2, pg_id=pg_id), self.now))
 
+    @rule(data=st.data(), timeout_s=st.sampled_from([0, 1, 3]))
+    def wait(self, data: Any, timeout_s: int) -> None:
+        pg_id = f"g{data.draw(st.integers(1, self.next_group))}"  # may be unknown
+        request = WaitPlacementGroupReady(request_id=self.next_wait, pg_id=pg_id,
+                                          timeout_ns=timeout_s * 10**9)
+        self.next_wait += 1
+        self.waits[request.request_id] = request
+        self.waits_sent_ns[request.request_id] = self.now
+        self._gcs_effects(self.manager.on_request(DRIVER, request, self.now))
+
+    @precondition(lambda self: self.waits)
+    @rule(data=st.data())
+    def retransmit_wait(self, data: Any) -> None:
+        request = self.waits[data.draw(st.sampled_from(sorted(self.waits)))]
+        self._gcs_effects(self.manager.on_request(DRIVER, request, self.now))
+
     @precondition(lambda self: self.network)
     @rule(data=st.data(), action=st.sampled_from(["deliver", "deliver", "drop", "duplicate"]))
     def network_step(self, data: Any, action: str) -> None:
@@ -149,6 +192,16 @@ class PlacementGroupMachine(RuleBasedStateMachine):
             del self.network[index]
         if action != "drop":
             self._deliver(src, dst, msg)
+
+    @precondition(lambda self: self.network)
+    @rule()
+    def network_calm(self) -> None:
+        """Everything in flight (and what it causes) is delivered in order: attempts
+        complete, so the later rules also meet created groups."""
+        for _ in range(50):
+            if not self.network:
+                return
+            self._deliver(*self.network.pop(0))
 
     @rule(node=st.sampled_from(sorted(NODES)))
     def restart_node(self, node: NodeId) -> None:
@@ -166,13 +219,14 @@ class PlacementGroupMachine(RuleBasedStateMachine):
         self.timers = {}
         self._gcs_effects(self.manager.on_started(self.now))
         self._gcs_effects(self.manager.on_cluster_changed(self.now))
+        for request in list(self.waits.values()):  # the driver retransmits
+            self._gcs_effects(self.manager.on_request(DRIVER, request, self.now))
 
     @precondition(lambda self: self.timers)
     @rule(data=st.data())
     def fire_timer(self, data: Any) -> None:
         key = data.draw(st.sampled_from(sorted(self.timers)))
-        del self.timers[key]
-        self.now += 10**9
+        self.now = max(self.now + 10**9, self.timers.pop(key))
         self._gcs_effects(self.manager.on_timer(key, self.now))
 
     # --- invariants ------------------------------------------------------------------
@@ -194,7 +248,12 @@ class PlacementGroupMachine(RuleBasedStateMachine):
                     f"{row.pg_id} bundle {index} is CREATED on {node}, which holds {held}")
 
     def teardown(self) -> None:
-        """Remove everything, then drain: nothing may stay reserved anywhere."""
+        """Every wait is answered by its deadline; then remove everything and drain:
+        nothing may stay reserved anywhere."""
+        for key in sorted(k for k in self.timers if k.startswith("gcs.pg.wait.")):
+            self.now = max(self.now, self.timers.pop(key))
+            self._gcs_effects(self.manager.on_timer(key, self.now))
+        assert self.waits == {} and self.manager.waiter_count == 0, self.waits
         for number in range(1, self.next_group):
             self._gcs_effects(self.manager.on_request(
                 DRIVER, RemovePlacementGroup(request_id=3, pg_id=f"g{number}"), self.now))
@@ -205,11 +264,12 @@ class PlacementGroupMachine(RuleBasedStateMachine):
                 break
             self.now += 10**9
             for key in list(self.timers):
-                del self.timers[key]
+                self.now = max(self.now, self.timers.pop(key))
                 self._gcs_effects(self.manager.on_timer(key, self.now))
         for node_id, raylet in self.raylets.items():
             assert raylet.quiescence_problems() == [], (node_id, raylet.quiescence_problems())
         assert self.manager.releases == ()
+        assert self.waits == {} and self.manager.waiter_count == 0, self.waits
 
 
 PlacementGroupMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40,

@@ -90,8 +90,22 @@ def test_a_group_is_created_used_and_removed(cluster: None) -> None:
 def test_a_group_larger_than_the_node_stays_pending(cluster: None) -> None:
     pg = placement_group([{"CPU": 1}] * 3, strategy="STRICT_PACK")
     assert not pg.wait(1)
+    assert not pg.wait(0)
     assert placement_group_table(pg)["state"] == "PENDING"
     remove_placement_group(pg)
+    with pytest.raises(ValueError, match="was removed, so it will never be ready"):
+        pg.wait(1)
+
+
+def test_wait_returns_once_room_frees(cluster: None) -> None:
+    """``pg.wait`` is answered by the GCS when the group is created, not on a timer."""
+    hog = placement_group([{"CPU": 2}])
+    assert hog.wait(30)
+    later = placement_group([{"CPU": 2}])
+    assert not later.wait(0.2)
+    remove_placement_group(hog)
+    assert later.wait(30)
+    remove_placement_group(later)
 
 
 def test_the_actor_of_a_removed_group_dies(cluster: None) -> None:

@@ -124,6 +124,62 @@ def test_a_group_that_fits_nowhere_stays_pending_and_names_resolve() -> None:
     assert "fits on no live node" in why
 
 
+@shoal.remote(num_cpus=0)
+def remove_after(groups: list[Any], seconds: float) -> None:
+    sim_api.sleep(seconds)
+    for pg in groups:
+        remove_placement_group(pg)
+
+
+def test_wait_asks_the_gcs_and_is_answered_on_creation_timeout_or_removal() -> None:
+    """``pg.wait`` runs no task: a pending group's wait returns True the moment room
+    frees (here: a task removes the groups holding every CPU), False after its timeout,
+    and raises for a removed group."""
+    def main() -> tuple[Any, ...]:
+        # One group per node, as big as the node (largest first, so each finds its node).
+        cpus = sorted((n["Resources"]["CPU"] for n in shoal.nodes() if n["Alive"]), reverse=True)
+        hogs = [placement_group([{"CPU": c}]) for c in cpus]
+        assert all(hog.wait(30) for hog in hogs)
+        later = placement_group([{"CPU": 1}])
+        started = sim_api.now()
+        early = later.wait(1.5), later.wait(0)
+        timed_out_after = sim_api.now() - started
+        remove_after.remote(hogs, 2.0)
+        started = sim_api.now()
+        ready = later.wait(30)
+        ready_after = sim_api.now() - started
+        remove_placement_group(later)
+        with pytest.raises(ValueError, match="was removed, so it will never be ready"):
+            later.wait(5)
+        return early, timed_out_after, ready, ready_after
+
+    early, timed_out_after, ready, ready_after = run(main)
+    assert early == (False, False)
+    assert 1.5 <= timed_out_after < 2.5, timed_out_after
+    assert ready and 2.0 <= ready_after < 5.0, ready_after
+
+
+def test_pipelined_creates_and_removals_are_seen_by_the_next_request() -> None:
+    """Unnamed creates and removals do not wait for the GCS, yet the process's next
+    request sees them: the table lists a group just created and shows a group just
+    removed as removed, and a name freed by a removal can be taken at once."""
+    def main() -> tuple[list[str], list[str], bool]:
+        groups = [placement_group([{"CPU": 0.1}]) for _ in range(5)]
+        listed = [placement_group_table(pg)["state"] for pg in groups]
+        named = placement_group([{"CPU": 0.1}], name="again")
+        for pg in [*groups, named]:
+            remove_placement_group(pg)
+        removed = [placement_group_table(pg)["state"] for pg in groups]
+        reused = placement_group([{"CPU": 0.1}], name="again")
+        ok = reused.wait(30)
+        remove_placement_group(reused)
+        return listed, removed, ok
+
+    listed, removed, ok = run(main)
+    assert set(listed) <= {"PENDING", "CREATED"} and len(listed) == 5
+    assert removed == ["REMOVED"] * 5 and ok
+
+
 def test_a_taken_name_and_bad_bundles_are_refused() -> None:
     def main() -> list[str]:
         errors = []
