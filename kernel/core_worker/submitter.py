@@ -74,6 +74,7 @@ LEASE_TIMER_PREFIX = "lease.retry."
 PUSH_TIMER_PREFIX = "task.push."
 RETURN_TIMER_PREFIX = "lease.return."
 LINGER_TIMER_PREFIX = "lease.linger."
+REQUESTS_LINGER_TIMER = f"{LINGER_TIMER_PREFIX}*requests"  # (no lease id starts with *)
 HOST_PIPELINE_DEPTH = 4  # tasks in flight per lease whose tasks are short, in both hosts
 HOST_LINGER_NS = 5_000_000  # what the hosts run with (the kernel's default, 0, keeps unit
 # tests' effect lists short: a lease is returned in the same step it goes idle)
@@ -156,6 +157,7 @@ class _KeyState:
     queue: deque[TaskId] = field(default_factory=deque)
     requests: dict[int, None] = field(default_factory=dict)
     leases: dict[str, None] = field(default_factory=dict)
+    idle_since: Nanos | None = None  # its queue emptied with lease requests out
 
 
 def scheduling_key(spec: TaskSpec) -> SchedulingKey:
@@ -346,7 +348,8 @@ class Submitter:
 
     def settle(self, now: Nanos) -> list[Msg]:
         """At the end of each input: gives back idle leases and withdraws lease requests
-        of keys with no queued task, so nothing is held for work that is gone."""
+        of keys with no queued task, so nothing is held for work that is gone (after
+        ``lease_linger_ns`` of idleness, for both)."""
         effects: list[Msg] = []
         linger = self._config.lease_linger_ns
         for lease in [lz for lz in self._leases.values() if not lz.tasks]:
@@ -362,6 +365,14 @@ class Submitter:
                                         at_ns=lease.idle_until))
         for key, state in list(self._keys.items()):
             if state.queue or not state.requests:
+                state.idle_since = None
+                continue
+            if linger > 0 and (state.idle_since is None or now < state.idle_since + linger):
+                # Its lease requests linger too: a driver that submits batches would
+                # otherwise withdraw and re-send them for every batch.
+                if state.idle_since is None:
+                    state.idle_since = now
+                    effects.append(SetTimer(key=REQUESTS_LINGER_TIMER, at_ns=now + linger))
                 continue
             for request_id in list(state.requests):
                 request = self._requests.pop(request_id)
