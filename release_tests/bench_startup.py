@@ -11,7 +11,14 @@ Each run is a fresh interpreter (this file with ``--once``), which measures:
 * ``first_result_s``: from the start of ``init()`` to the value of the first
   task (includes starting the first worker process);
 * ``second_result_s``: one more task on the now-warm worker;
-* ``shutdown_s``: ``shoal.shutdown()`` (daemon and workers gone, session removed).
+* ``shutdown_s``: ``shoal.shutdown()`` (daemon and workers gone, session removed);
+* ``driver_cpu_s``: CPU seconds (user + system) this process spent in ``init()``,
+  the two tasks and ``shutdown()``;
+* ``cluster_cpu_s``: CPU seconds of the processes the cluster ran (the daemon, its
+  zygote and workers: the children this process waited for, and theirs; a
+  worker still running when its zygote is killed is reaped by init instead and
+  not counted), from start to shutdown. Wall times on a shared machine move with its load; CPU
+  seconds much less, so compare these too.
 
 The parent reports, per metric, the median, min and max over the runs.
 """
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +46,7 @@ def _once(num_cpus: int) -> dict[str, float]:
     def one() -> int:
         return 1
 
+    cpu_before = _cpu_s(resource.RUSAGE_SELF)
     shoal.init(num_cpus=num_cpus)
     initialized = time.perf_counter()
     assert shoal.get(one.remote()) == 1
@@ -46,13 +55,21 @@ def _once(num_cpus: int) -> dict[str, float]:
     second = time.perf_counter()
     shoal.shutdown()
     stopped = time.perf_counter()
+    driver_cpu_s = _cpu_s(resource.RUSAGE_SELF) - cpu_before
     return {
         "import_s": imported - started,
         "init_s": initialized - imported,
         "first_result_s": first - imported,
         "second_result_s": second - first,
         "shutdown_s": stopped - second,
+        "driver_cpu_s": driver_cpu_s,
+        "cluster_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN),
     }
+
+
+def _cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _summary(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -74,6 +91,7 @@ def main() -> None:
         print(json.dumps(_once(args.num_cpus)))
         return
     samples = []
+    load_before = os.getloadavg()[0]
     for _ in range(args.runs):
         out = subprocess.run([sys.executable, __file__, "--once", "--num-cpus",
                               str(args.num_cpus)], check=True, capture_output=True, text=True,
@@ -82,6 +100,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "startup", "runs": args.runs, "num_cpus": args.num_cpus,
         "python": platform.python_version(), "cpus": os.cpu_count(),
+        "load_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "results": _summary(samples), "samples": samples,
     }, indent=2))
 

@@ -77,29 +77,26 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from shoal.kernel.gcs import Gcs, gcs_address
 from shoal.kernel.ids import NodeId, ObjectId, WorkerId
 from shoal.kernel.messages import Address, Msg, Received, Started
-from shoal.kernel.raylet import MemberPhase, Raylet, RayletConfig
 from shoal.kernel.raylet.object_protocol import (
     DeleteObject,
     ObjectEvicted,
     SendObjectChunks,
     WriteObjectChunk,
 )
-from shoal.kernel.raylet.objects import ObjectsConfig
 from shoal.kernel.raylet.protocol import DriverExited, KillWorker, StartWorker, WorkerExited
 from shoal.kernel.wire import Envelope
-from shoal.runtime import node_status
 from shoal.runtime.direct_link import direct_socket_path
 from shoal.runtime.gcs_store import FileStore
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect, configure_logging
 from shoal.runtime.local_transport import Connection, HelloReply, LocalServer
-from shoal.runtime.node_objects import NodeObjects
 from shoal.runtime.processes import exit_cause, python_command, remove_session
 from shoal.runtime.zygote import ZygoteClient, ZygoteError, fork_zygote
 
 if TYPE_CHECKING:
+    from shoal.kernel.raylet import Raylet
+    from shoal.runtime.node_objects import NodeObjects
     from shoal.transports.grpc_transport import GrpcTransport
 
 SESSION_FILE = "session.json"
@@ -160,17 +157,21 @@ class NodeDaemon:
         self._log = structlog.get_logger("shoal.runtime.node").bind(node=str(opts.node_id))
         self.loop = KernelLoop(self.route, log=self._log)
         self.raylet_address = Address(node=opts.node_id, component="raylet")
+        from shoal.kernel.gcs import gcs_address  # after the zygote's fork (see main)
+
         self.gcs_address = gcs_address(opts.head_node_id)
         self._static_endpoints = {opts.head_node_id: opts.gcs_endpoint or endpoint}
         self.workers: dict[WorkerId, _WorkerProcess] = {}
         self.store: FileStore | None = None
         self.zygote: ZygoteClient | None = None
+        self._raylet_kernel: Raylet | None = None  # set by start_kernels
         self.registered = trio.Event()
         self.stopping = False  # no new workers, no more reports to the raylet
         self.dropped = 0
-        self.objects = NodeObjects(opts.session_dir, opts.node_id, opts.object_store_memory,
-                                   token, self.route, self._log, backlog=self._backlog,
-                                   spawn=nursery.start_soon)
+        node_objects = _node_objects_class()
+        self.objects = node_objects(opts.session_dir, opts.node_id, opts.object_store_memory,
+                                    token, self.route, self._log, backlog=self._backlog,
+                                    spawn=nursery.start_soon)
         self.objects.store.on_evicted = self._on_object_evicted
         welcome = HelloReply(ok=True, node_id=opts.node_id, raylet=self.raylet_address,
                              gcs=self.gcs_address, session_dir=opts.session_dir,
@@ -178,8 +179,13 @@ class NodeDaemon:
         self.server = LocalServer(path=opts.socket_path, token=token, welcome=welcome,
                                   on_batch=self._on_local_batch, on_connect=self._on_connect,
                                   on_disconnect=self._on_disconnect,
-                                  on_status=lambda: node_status.encode(self),
+                                  on_status=self._status,
                                   round_flush=self.loop.round_flush)
+
+    def _status(self) -> bytes:
+        from shoal.runtime import node_status  # on the first `shoal status`, not at start-up
+
+        return node_status.encode(self)
 
     def _on_object_evicted(self, object_id: str) -> None:
         # Any thread (the store server's or this one), under the store's lock: only queue.
@@ -189,6 +195,12 @@ class NodeDaemon:
     # --- kernels -------------------------------------------------------------
 
     def start_kernels(self) -> None:
+        # The machines are imported here, after the zygote is forked (see main): its
+        # workers never run them, and their import is a good part of the daemon's start-up.
+        from shoal.kernel.gcs import Gcs
+        from shoal.kernel.raylet import Raylet, RayletConfig
+        from shoal.kernel.raylet.objects import ObjectsConfig
+
         if self.opts.head:
             self.store = FileStore.open(os.path.join(self.opts.session_dir, "gcs.store"))
             gcs = Gcs(recovered=self.store.tables)
@@ -198,17 +210,21 @@ class NodeDaemon:
                               endpoint=self.endpoint, objects=ObjectsConfig(
                                   chunk_bytes=OBJECT_CHUNK_BYTES))
         raylet = Raylet(self.node_id, config, boot=time.time_ns() // 1_000_000)
+        self._raylet_kernel = raylet
         self.loop.add_kernel(self.raylet_address, raylet, on_effect=self._on_raylet_effect)
         self.loop.after_round.append(self._check_registered)
         self.loop.post(self.raylet_address, Started())
 
     def _raylet(self) -> Raylet:
-        kernel = self.loop.kernel(self.raylet_address)
-        assert isinstance(kernel, Raylet)
-        return kernel
+        assert self._raylet_kernel is not None, "node daemon: the kernels are not started"
+        return self._raylet_kernel
 
     def _check_registered(self) -> None:
-        if not self.registered.is_set() and self._raylet().phase is MemberPhase.ALIVE:
+        if self.registered.is_set():
+            return
+        from shoal.kernel.raylet import MemberPhase
+
+        if self._raylet().phase is MemberPhase.ALIVE:
             self.registered.set()
 
     # --- routing ---------------------------------------------------------------
@@ -392,6 +408,14 @@ class NodeDaemon:
 
 
 # --- the process -------------------------------------------------------------------
+
+
+def _node_objects_class() -> type[NodeObjects]:
+    # Imported here, after the zygote is forked (see main): the object store brings numpy,
+    # which only the daemon needs at start-up; the zygote meanwhile imports what workers need.
+    from shoal.runtime.node_objects import NodeObjects
+
+    return NodeObjects
 
 
 def _remove_file(path: str) -> None:

@@ -175,7 +175,9 @@ def fork_zygote(log: Any) -> tuple[int, socket.socket] | None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _close_fds_but(theirs.fileno())
-            import shoal.runtime.worker  # noqa: F401  # once here, while the daemon goes on
+            import shoal.runtime.worker  # once here, while the daemon goes on
+
+            shoal._bind_api()  # the daemon's ``import shoal`` skipped the API; users need it
 
             # What every worker inherits is never garbage: keep the collector (and its
             # writes to the objects' headers, which un-share their pages) off it.
