@@ -50,6 +50,16 @@ daemon stops.
 Durable state. On the head node the GCS's ``StorePut``/``StoreDelete`` go to a
 ``FileStore`` in the session directory, recovered when the daemon restarts.
 
+Start-up imports. ``init()`` waits for the daemon, and the daemon's start-up is
+mostly imports, so they come in two halves around the zygote's fork. This
+module imports only what the daemon and its workers share (trio, structlog, the
+wire format and the kernels' protocols, the local transport; ``shoal`` itself
+skips its API in this process, see ``shoal/__init__.py``). ``main`` then forks
+the zygote, which imports what only workers need (the API, the core worker
+machine, cloudpickle) on the other core, while the daemon imports what only it
+needs (the GCS and raylet machines, the object store) inside ``NodeDaemon`` and
+``start_kernels``. gRPC comes later still (above); numpy with the first object.
+
 Startup and shutdown. When the raylet is registered the daemon writes one JSON
 line to ``--ready-fd`` (node id, socket path, gRPC endpoint, pid; ``error`` when
 the head refused this node's token, and the daemon then exits). SIGTERM,
@@ -624,7 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=os.environ.get("SHOAL_LOG_LEVEL", "INFO"))
     log = structlog.get_logger("shoal.runtime.node").bind(node=str(opts.node_id))
     os.makedirs(os.path.join(opts.session_dir, "logs"), exist_ok=True)
-    zygote = fork_zygote(log)  # now: no thread exists yet in this process
+    # Now: no thread exists yet in this process, and only the imports that the daemon and
+    # the workers share are done (see "Start-up imports" above).
+    zygote = fork_zygote(log)
     try:
         reason = trio.run(serve, opts, load_token(opts), zygote)
     finally:
