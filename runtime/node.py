@@ -106,7 +106,6 @@ from shoal.runtime.zygote import ZygoteClient, ZygoteError, fork_zygote
 
 if TYPE_CHECKING:
     from shoal.kernel.raylet import Raylet
-    from shoal.runtime.node_objects import NodeObjects
     from shoal.transports.grpc_transport import GrpcTransport
 
 SESSION_FILE = "session.json"
@@ -167,7 +166,9 @@ class NodeDaemon:
         self._log = structlog.get_logger("shoal.runtime.node").bind(node=str(opts.node_id))
         self.loop = KernelLoop(self.route, log=self._log)
         self.raylet_address = Address(node=opts.node_id, component="raylet")
-        from shoal.kernel.gcs import gcs_address  # after the zygote's fork (see main)
+        # Imported here, after the zygote's fork (see main): only the daemon needs them.
+        from shoal.kernel.gcs import gcs_address
+        from shoal.runtime.node_objects import NodeObjects
 
         self.gcs_address = gcs_address(opts.head_node_id)
         self._static_endpoints = {opts.head_node_id: opts.gcs_endpoint or endpoint}
@@ -178,10 +179,9 @@ class NodeDaemon:
         self.registered = trio.Event()
         self.stopping = False  # no new workers, no more reports to the raylet
         self.dropped = 0
-        node_objects = _node_objects_class()
-        self.objects = node_objects(opts.session_dir, opts.node_id, opts.object_store_memory,
-                                    token, self.route, self._log, backlog=self._backlog,
-                                    spawn=nursery.start_soon)
+        self.objects = NodeObjects(opts.session_dir, opts.node_id, opts.object_store_memory,
+                                   token, self.route, self._log, backlog=self._backlog,
+                                   spawn=nursery.start_soon)
         self.objects.store.on_evicted = self._on_object_evicted
         welcome = HelloReply(ok=True, node_id=opts.node_id, raylet=self.raylet_address,
                              gcs=self.gcs_address, session_dir=opts.session_dir,
@@ -418,14 +418,6 @@ class NodeDaemon:
 
 
 # --- the process -------------------------------------------------------------------
-
-
-def _node_objects_class() -> type[NodeObjects]:
-    # Imported here, after the zygote is forked (see main): the object store brings numpy,
-    # which only the daemon needs at start-up; the zygote meanwhile imports what workers need.
-    from shoal.runtime.node_objects import NodeObjects
-
-    return NodeObjects
 
 
 def _remove_file(path: str) -> None:
