@@ -20,12 +20,18 @@ Each run is a fresh interpreter (this file with ``--once``), which measures:
   not counted), from start to shutdown. Wall times on a shared machine move with its load; CPU
   seconds much less, so compare these too.
 
-The parent reports, per metric, the median, min and max over the runs.
+The parent reports, per metric, the median, min and max over the runs, and
+``bytecode``: whether shoal's modules have cached bytecode (``__pycache__``).
+Without it (an editable checkout run with ``PYTHONDONTWRITEBYTECODE=1``), every
+process compiles every shoal module it imports, which costs the daemon, its
+zygote and the driver a good part of their start-up; compare runs only in the
+same state.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -81,6 +87,13 @@ def _summary(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _bytecode_state() -> dict[str, bool]:
+    spec = importlib.util.find_spec("shoal.runtime.node")
+    origin = spec.origin if spec is not None else None
+    cached = bool(origin) and os.path.exists(importlib.util.cache_from_source(str(origin)))
+    return {"cached": cached, "dont_write": bool(sys.flags.dont_write_bytecode)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -101,6 +114,7 @@ def main() -> None:
         "benchmark": "startup", "runs": args.runs, "num_cpus": args.num_cpus,
         "python": platform.python_version(), "cpus": os.cpu_count(),
         "load_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "bytecode": _bytecode_state(),
         "results": _summary(samples), "samples": samples,
     }, indent=2))
 
