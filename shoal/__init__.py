@@ -52,8 +52,8 @@ _FROM_CLUSTER = ("init", "is_initialized", "shutdown")  # the rest: shoal.runtim
 def _started_as_node_daemon() -> bool:
     """Whether this interpreter was started as ``python [opts] -m shoal.runtime.node``."""
     argv = getattr(sys, "orig_argv", [])
-    return any(flag == "-m" and module == _NODE_DAEMON_MODULE
-               for flag, module in pairwise(argv))
+    return f"-m{_NODE_DAEMON_MODULE}" in argv or any(
+        flag == "-m" and module == _NODE_DAEMON_MODULE for flag, module in pairwise(argv))
 
 
 if TYPE_CHECKING or not _started_as_node_daemon():
