@@ -3,11 +3,16 @@
 Nothing here performs I/O, reads a clock or draws global randomness: time comes
 in as ``now``, randomness from a seeded ``Random`` per instance, and every
 action goes out as an effect for the host to carry out.
+
+The GCS and raylet machines load on first use of their names here (PEP 562):
+every shoal process imports this package, and only node daemons and the
+simulator run those machines.
 """
+
+from typing import TYPE_CHECKING
 
 from shoal.kernel.buggify import Buggify
 from shoal.kernel.errors import InvalidTransition, InvariantViolation, KernelError
-from shoal.kernel.gcs import Gcs, GcsConfig, gcs_address
 from shoal.kernel.ids import (
     NANOS_PER_SECOND,
     ActorId,
@@ -34,7 +39,13 @@ from shoal.kernel.messages import (
     StorePut,
     TimerFired,
 )
-from shoal.kernel.raylet import Raylet, RayletConfig
+
+if TYPE_CHECKING:
+    from shoal.kernel.gcs import Gcs, GcsConfig, gcs_address
+    from shoal.kernel.raylet import Raylet, RayletConfig
+
+_PACKAGE_OF = {"Gcs": "gcs", "GcsConfig": "gcs", "gcs_address": "gcs", "Raylet": "raylet",
+               "RayletConfig": "raylet"}
 
 __all__ = [
     "NANOS_PER_SECOND",
@@ -69,3 +80,11 @@ __all__ = [
     "millis",
     "seconds",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _PACKAGE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_PACKAGE_OF[name]}"), name)

@@ -50,6 +50,16 @@ daemon stops.
 Durable state. On the head node the GCS's ``StorePut``/``StoreDelete`` go to a
 ``FileStore`` in the session directory, recovered when the daemon restarts.
 
+Start-up imports. ``init()`` waits for the daemon, and the daemon's start-up is
+mostly imports, so they come in two halves around the zygote's fork. This
+module imports only what the daemon and its workers share (trio, structlog, the
+wire format and the kernels' protocols, the local transport; ``shoal`` itself
+skips its API in this process, see ``shoal/__init__.py``). ``main`` then forks
+the zygote, which imports what only workers need (the API, the core worker
+machine, cloudpickle) on the other core, while the daemon imports what only it
+needs (the GCS and raylet machines, the object store) inside ``NodeDaemon`` and
+``start_kernels``. gRPC comes later still (above); numpy with the first object.
+
 Startup and shutdown. When the raylet is registered the daemon writes one JSON
 line to ``--ready-fd`` (node id, socket path, gRPC endpoint, pid; ``error`` when
 the head refused this node's token, and the daemon then exits). SIGTERM,
@@ -77,29 +87,25 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from shoal.kernel.gcs import Gcs, gcs_address
 from shoal.kernel.ids import NodeId, ObjectId, WorkerId
 from shoal.kernel.messages import Address, Msg, Received, Started
-from shoal.kernel.raylet import MemberPhase, Raylet, RayletConfig
 from shoal.kernel.raylet.object_protocol import (
     DeleteObject,
     ObjectEvicted,
     SendObjectChunks,
     WriteObjectChunk,
 )
-from shoal.kernel.raylet.objects import ObjectsConfig
 from shoal.kernel.raylet.protocol import DriverExited, KillWorker, StartWorker, WorkerExited
 from shoal.kernel.wire import Envelope
-from shoal.runtime import node_status
 from shoal.runtime.direct_link import direct_socket_path
 from shoal.runtime.gcs_store import FileStore
 from shoal.runtime.kernel_host import KernelLoop, UnhandledEffect, configure_logging
 from shoal.runtime.local_transport import Connection, HelloReply, LocalServer
-from shoal.runtime.node_objects import NodeObjects
 from shoal.runtime.processes import exit_cause, python_command, remove_session
 from shoal.runtime.zygote import ZygoteClient, ZygoteError, fork_zygote
 
 if TYPE_CHECKING:
+    from shoal.kernel.raylet import Raylet
     from shoal.transports.grpc_transport import GrpcTransport
 
 SESSION_FILE = "session.json"
@@ -160,11 +166,16 @@ class NodeDaemon:
         self._log = structlog.get_logger("shoal.runtime.node").bind(node=str(opts.node_id))
         self.loop = KernelLoop(self.route, log=self._log)
         self.raylet_address = Address(node=opts.node_id, component="raylet")
+        # Imported here, after the zygote's fork (see main): only the daemon needs them.
+        from shoal.kernel.gcs import gcs_address
+        from shoal.runtime.node_objects import NodeObjects
+
         self.gcs_address = gcs_address(opts.head_node_id)
         self._static_endpoints = {opts.head_node_id: opts.gcs_endpoint or endpoint}
         self.workers: dict[WorkerId, _WorkerProcess] = {}
         self.store: FileStore | None = None
         self.zygote: ZygoteClient | None = None
+        self._raylet_kernel: Raylet | None = None  # set by start_kernels
         self.registered = trio.Event()
         self.stopping = False  # no new workers, no more reports to the raylet
         self.dropped = 0
@@ -178,8 +189,13 @@ class NodeDaemon:
         self.server = LocalServer(path=opts.socket_path, token=token, welcome=welcome,
                                   on_batch=self._on_local_batch, on_connect=self._on_connect,
                                   on_disconnect=self._on_disconnect,
-                                  on_status=lambda: node_status.encode(self),
+                                  on_status=self._status,
                                   round_flush=self.loop.round_flush)
+
+    def _status(self) -> bytes:
+        from shoal.runtime import node_status  # on the first `shoal status`, not at start-up
+
+        return node_status.encode(self)
 
     def _on_object_evicted(self, object_id: str) -> None:
         # Any thread (the store server's or this one), under the store's lock: only queue.
@@ -189,6 +205,12 @@ class NodeDaemon:
     # --- kernels -------------------------------------------------------------
 
     def start_kernels(self) -> None:
+        # The machines are imported here, after the zygote is forked (see main): its
+        # workers never run them, and their import is a good part of the daemon's start-up.
+        from shoal.kernel.gcs import Gcs
+        from shoal.kernel.raylet import Raylet, RayletConfig
+        from shoal.kernel.raylet.objects import ObjectsConfig
+
         if self.opts.head:
             self.store = FileStore.open(os.path.join(self.opts.session_dir, "gcs.store"))
             gcs = Gcs(recovered=self.store.tables)
@@ -198,17 +220,21 @@ class NodeDaemon:
                               endpoint=self.endpoint, objects=ObjectsConfig(
                                   chunk_bytes=OBJECT_CHUNK_BYTES))
         raylet = Raylet(self.node_id, config, boot=time.time_ns() // 1_000_000)
+        self._raylet_kernel = raylet
         self.loop.add_kernel(self.raylet_address, raylet, on_effect=self._on_raylet_effect)
         self.loop.after_round.append(self._check_registered)
         self.loop.post(self.raylet_address, Started())
 
     def _raylet(self) -> Raylet:
-        kernel = self.loop.kernel(self.raylet_address)
-        assert isinstance(kernel, Raylet)
-        return kernel
+        assert self._raylet_kernel is not None, "node daemon: the kernels are not started"
+        return self._raylet_kernel
 
     def _check_registered(self) -> None:
-        if not self.registered.is_set() and self._raylet().phase is MemberPhase.ALIVE:
+        if self.registered.is_set():
+            return
+        from shoal.kernel.raylet import MemberPhase
+
+        if self._raylet().phase is MemberPhase.ALIVE:
             self.registered.set()
 
     # --- routing ---------------------------------------------------------------
@@ -600,7 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=os.environ.get("SHOAL_LOG_LEVEL", "INFO"))
     log = structlog.get_logger("shoal.runtime.node").bind(node=str(opts.node_id))
     os.makedirs(os.path.join(opts.session_dir, "logs"), exist_ok=True)
-    zygote = fork_zygote(log)  # now: no thread exists yet in this process
+    # Now: no thread exists yet in this process, and only the imports that the daemon and
+    # the workers share are done (see "Start-up imports" above).
+    zygote = fork_zygote(log)
     try:
         reason = trio.run(serve, opts, load_token(opts), zygote)
     finally:

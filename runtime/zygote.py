@@ -4,11 +4,13 @@ Theory of operation
 -------------------
 Starting ``python -m shoal.runtime.worker`` costs a few hundred milliseconds,
 nearly all of it interpreter start-up and imports. So the node daemon, once it
-has imported trio and the kernels and BEFORE it starts any thread (no trio run,
-no gRPC yet), forks a *zygote* (``fork_zygote``): a single-threaded
-copy of itself that closes every inherited file descriptor but its end of a
-socket pair, imports what a worker needs on top (on the other core, while the
-daemon goes on starting) and waits for requests. For each ``spawn`` the zygote forks again;
+has imported what it shares with workers (trio, the wire format, the local
+transport) and BEFORE it starts any thread (no trio run, no gRPC yet), forks a
+*zygote* (``fork_zygote``): a single-threaded copy of itself that closes every
+inherited file descriptor but its end of a socket pair, imports what a worker
+needs on top (the API, which the daemon's ``import shoal`` skipped, the core
+worker machine: on the other core, while the daemon imports its own kernels)
+and waits for requests. For each ``spawn`` the zygote forks again;
 the child points stdin at ``/dev/null`` and stdout/stderr at the worker's log,
 changes to the worker's directory and runs ``shoal.runtime.worker.main``. The
 zygote never starts a thread, so forking it is safe, and a worker is up in
@@ -175,7 +177,9 @@ def fork_zygote(log: Any) -> tuple[int, socket.socket] | None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _close_fds_but(theirs.fileno())
-            import shoal.runtime.worker  # noqa: F401  # once here, while the daemon goes on
+            import shoal.runtime.worker  # once here, while the daemon goes on
+
+            shoal._bind_api()  # the daemon's ``import shoal`` skipped the API; users need it
 
             # What every worker inherits is never garbage: keep the collector (and its
             # writes to the objects' headers, which un-share their pages) off it.

@@ -62,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
 from shoal.transports.object_store_alloc import round_up_to_page
 from shoal.transports.object_store_errors import (
@@ -78,14 +78,16 @@ from shoal.transports.object_store_memory import (
     Arena,
     ObjectStoreStats,
     Region,
-    View,
     read_file_into,
     region_in_use,
     remove_files,
     unlink_quietly,
     write_new_file,
 )
-from shoal.transports.serialization import SerializedObject
+
+if TYPE_CHECKING:
+    from shoal.transports.object_store_memory import View
+    from shoal.transports.serialization import SerializedObject
 
 __all__ = [
     "ObjectExistsError",

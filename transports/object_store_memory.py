@@ -37,13 +37,20 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Final
+from functools import cache
+from typing import TYPE_CHECKING, Final
 
-import numpy as np
-import numpy.typing as npt
 from shoal.transports.object_store_alloc import RegionAllocator, round_up_to_page
 
-View = npt.NDArray[np.uint8]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    View = npt.NDArray[np.uint8]
+
+# numpy is imported where a view is made, not here: a node daemon imports this module at
+# start-up, and numpy's import (a tenth of a second) would delay ``init()``; the daemon
+# makes its first view when the first object is stored.
 
 _IO_CHUNK_BYTES: Final = 1 << 30  # one read/write syscall moves at most this much
 _MADV_POPULATE_WRITE: Final = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
@@ -72,18 +79,24 @@ def reference_counts(region: Region) -> tuple[int, int]:
     return writer, reader
 
 
-# The count a view has when only its region references it, measured the same way.
-BASELINE_REFS: Final = reference_counts(Region(0, 0, np.empty(1, np.uint8), None))[0]
+@cache
+def baseline_refs() -> int:
+    """The count a view has when only its region references it, measured the same way."""
+    import numpy as np
+
+    return reference_counts(Region(0, 0, np.empty(1, np.uint8), None))[0]
 
 
 def region_in_use(region: Region) -> bool:
     """True while anyone outside the store holds a view of the region."""
     writer, reader = reference_counts(region)
-    return writer > BASELINE_REFS or reader > BASELINE_REFS
+    return writer > baseline_refs() or reader > baseline_refs()
 
 
 def empty_view(*, writable: bool = False) -> View:
     """A zero-byte view, for zero-size objects (which take no arena space)."""
+    import numpy as np
+
     view = np.empty(0, dtype=np.uint8)
     view.flags.writeable = writable
     return view
@@ -251,6 +264,8 @@ class Arena:
         except BaseException:
             self._alloc.free(offset, length)
             raise
+        import numpy as np
+
         writer = np.frombuffer(self._rw_map, dtype=np.uint8, count=size, offset=offset)
         return Region(offset=offset, length=length, writer=writer, reader=None)
 
@@ -276,12 +291,14 @@ class Arena:
     def seal(self, region: Region, size: int) -> None:
         """Adds the read-only view, and drops the writer's unless someone still holds it."""
         if region.length:
+            import numpy as np
+
             region.reader = np.frombuffer(
                 self._ro_map, dtype=np.uint8, count=size, offset=region.offset
             )
         else:
             region.reader = empty_view()
-        if reference_counts(region)[0] <= BASELINE_REFS:
+        if reference_counts(region)[0] <= baseline_refs():
             region.writer = None
 
     def release(self, region: Region, *, force: bool = False) -> int:
