@@ -27,7 +27,8 @@ caller holds keep the rows alive.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.kernel.core_worker.protocol import ObjectResult
 from shoal.kernel.ids import ObjectId
@@ -35,6 +36,8 @@ from shoal.kernel.task_spec import ObjectRefInfo
 
 if TYPE_CHECKING:
     from shoal.kernel.core_worker import CoreWorker
+
+T = TypeVar("T")
 
 
 def scan_ready(kernel: CoreWorker, refs: list[ObjectRefInfo], need: int) -> list[ObjectId] | None:
@@ -143,25 +146,17 @@ class LocalReads:
         when it ends. None when the kernel must judge (a stored value, an error) or the
         cluster is lost: the caller then takes the kernel's path."""
         need = min(num_returns, len(refs))
-        progress = self._progress
-        with progress:
-            self._progress_waiters += 1
-        try:
-            while (kernel := self._readable_kernel()) is not None and need > 0:
-                seen = self._rounds
-                ready = scan_ready(kernel, refs, need)
-                if ready is None:
-                    return None
-                if len(ready) >= need:
-                    self.polled_waits += 1
-                    return ready
-                with progress:
-                    while self._rounds == seen and not self._lost:
-                        progress.wait()
+        if need <= 0:
             return None
-        finally:
-            with progress:
-                self._progress_waiters -= 1
+
+        def scan(kernel: CoreWorker) -> tuple[bool, list[ObjectId] | None]:
+            ready = scan_ready(kernel, refs, need)
+            if ready is None or len(ready) < need:
+                return ready is None, None
+            self.polled_waits += 1
+            return True, ready
+
+        return self._poll_rounds(scan)
 
     def get_here(self, refs: list[ObjectRefInfo]) -> list[ObjectResult] | None:
         """``get`` without the kernel for refs owned here whose values are still pending:
@@ -175,17 +170,29 @@ class LocalReads:
         objects = kernel.objects
         if not all(info.object_id in objects for info in refs):
             return None
-        progress, position = self._progress, 0
+        position = 0  # every ref before it is done: no need to look at them again
+
+        def scan(kernel: CoreWorker) -> tuple[bool, list[ObjectResult] | None]:
+            nonlocal position
+            position = _first_pending(kernel, refs, position)
+            if position < 0:
+                return True, None
+            return (True, self.ready_inline(refs)) if position == len(refs) else (False, None)
+
+        return self._poll_rounds(scan)
+
+    def _poll_rounds(self, scan: Callable[[CoreWorker], tuple[bool, T | None]]) -> T | None:
+        """Runs ``scan`` now and after each round of the kernel loop until it says it is
+        done (returning its value) or the kernel cannot be read (None)."""
+        progress = self._progress
         with progress:
             self._progress_waiters += 1
         try:
             while (kernel := self._readable_kernel()) is not None:
                 seen = self._rounds
-                position = _first_pending(kernel, refs, position)
-                if position < 0:
-                    return None
-                if position == len(refs):
-                    return self.ready_inline(refs)
+                done, value = scan(kernel)
+                if done:
+                    return value
                 with progress:
                     while self._rounds == seen and not self._lost:
                         progress.wait()

@@ -104,7 +104,7 @@ def test_a_lost_lease_retries_every_task_in_flight_in_order() -> None:
     effects = core.handle(Received(src=RAYLET, msg=LeasedWorkerDied(
         lease_id="L1", worker=WORKER, cause="killed")), now=2 * MS)
     assert pushed(effects) == []  # no lease left: they wait for a new one
-    assert list(list(core.submitter._keys.values())[0].queue) == ["t2", "t3", "t4"]
+    assert list(next(iter(core.submitter._keys.values())).queue) == ["t2", "t3", "t4"]
     assert [core.submitter._tasks[t].spec.attempt for t in ("t2", "t3", "t4")] == [1, 1, 1]
     core.check_invariants()
 

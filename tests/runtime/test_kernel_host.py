@@ -244,7 +244,7 @@ def test_inputs_posted_while_trio_holds_the_lock_are_handled_by_trio() -> None:
             worker = threading.Thread(target=producer)
             worker.start()
             started.wait()
-            time.sleep(0.05)  # trio runs (holds the lock) without awaiting: no inline round
+            time.sleep(0.05)  # noqa: ASYNC251  # trio holds the lock, blocked: no inline round
             worker.join()
             while len(kernel.seen) < 20:
                 await trio.sleep(0.001)
