@@ -130,3 +130,64 @@ def test_workers_whose_sockets_are_gone_are_reached_through_the_daemon(cluster: 
         os.unlink(path)  # no new link can be opened to these workers; open links still work
     assert len(shoal.get([pid.remote() for _ in range(20)])) == 20
     assert shoal.get([owner_of_a_child.remote() for _ in range(3)], timeout=30)
+
+
+def test_many_user_threads_submitting_at_once_lose_nothing(cluster: str) -> None:
+    """Kernel rounds run in whichever thread holds the loop's lock (user threads, link
+    reader threads, trio): threads racing to submit, get and call actors still get
+    every answer, in order, and the inline path is actually taken."""
+    import threading
+
+    @shoal.remote
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @shoal.remote
+    def nested(x: int) -> int:
+        return shoal.get(add.remote(x, 1)) * 2  # a get inside a task (a task thread)
+
+    @shoal.remote
+    class Counter:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def record(self, value: int) -> int:
+            self.calls.append(value)
+            return len(self.calls)
+
+        def history(self) -> list[int]:
+            return self.calls
+
+    counters = [Counter.remote() for _ in range(2)]
+    failures: list[BaseException] = []
+
+    def client(index: int) -> None:
+        try:
+            counter = counters[index % 2]
+            base = index * 1000
+            refs = [add.remote(base, i) for i in range(150)]
+            assert shoal.get(refs) == [base + i for i in range(150)]
+            assert [shoal.get(add.remote(i, base)) for i in range(30)] == [
+                base + i for i in range(30)]
+            assert shoal.get([nested.remote(base + i) for i in range(10)]) == [
+                (base + i + 1) * 2 for i in range(10)]
+            shoal.get([counter.record.remote(base + i) for i in range(100)])
+            ready, _ = shoal.wait([add.remote(base, 0) for _ in range(20)], num_returns=20)
+            assert len(ready) == 20
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+    assert not any(t.is_alive() for t in threads), "a client thread hung"
+    assert not failures, failures
+    for index in range(2):
+        history = shoal.get(counters[index].history.remote())
+        assert len(history) == 200
+        for client_index in (index, index + 2):  # each client's calls ran in its order
+            mine = [v for v in history if v // 1000 == client_index]
+            assert mine == sorted(mine) and len(mine) == 100
+    assert get_context()._runtime.loop.inline_rounds > 0  # type: ignore[attr-defined]
