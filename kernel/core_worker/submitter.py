@@ -288,23 +288,28 @@ class Submitter:
         return self._send_request(request, now) if request is not None else []
 
     def on_lease_granted(self, src: Address, msg: LeaseGranted, now: Nanos) -> list[Msg]:
-        # (placement groups: a grant or refusal from a raylet the request moved away from
-        # leaves the request where it is; popping it first left it in its key's requests)
         request = self._requests.get(msg.request_id)
-        if request is None or request.raylet != src:
+        if request is None:
             if msg.lease_id in self._leases or msg.lease_id in self._returning:
                 return []  # a duplicate grant of a lease we hold
             # A grant we no longer want (the request was satisfied or withdrawn): give it back.
             lease = _Lease(lease_id=msg.lease_id, worker=msg.worker, raylet=src, key=((), "", False))
             return self._return(lease, now)
+        effects: list[Msg] = [CancelTimer(key=f"{LEASE_TIMER_PREFIX}{msg.request_id}")]
+        if request.raylet != src:
+            # From a raylet the request moved away from (a spillback, or its node was
+            # thought dead): the lease serves the request as well as any, and that raylet
+            # now counts the request as ended (it would ignore it if it came back there):
+            # take the lease, and withdraw the request where it waits now.
+            effects.append(Send(dst=request.raylet, msg=CancelLeaseRequest(
+                request_id=msg.request_id)))
         del self._requests[msg.request_id]
         state = self._keys.setdefault(request.key, _KeyState())
         state.requests.pop(msg.request_id, None)
         lease = _Lease(lease_id=msg.lease_id, worker=msg.worker, raylet=src, key=request.key)
         self._leases[lease.lease_id] = lease
         state.leases[lease.lease_id] = None
-        return [CancelTimer(key=f"{LEASE_TIMER_PREFIX}{msg.request_id}"),
-                *self._next_on_lease(lease, now), *self._pump(request.key, now)]
+        return effects + self._next_on_lease(lease, now) + self._pump(request.key, now)
 
     def on_spillback(self, src: Address, msg: LeaseSpillback, now: Nanos) -> list[Msg]:
         request = self._requests.get(msg.request_id)

@@ -155,6 +155,23 @@ def test_spillback_reaims_the_request() -> None:
     ]
 
 
+def test_a_grant_from_the_raylet_a_request_left_is_used_and_the_request_withdrawn() -> None:
+    core = driver()
+    task = spec()
+    core.handle(TaskSubmitted(spec=task, function=b"code"), now=0)
+    core.handle(Received(src=RAYLET, msg=LeaseSpillback(request_id=1, node_id="n1")), now=3)
+    # The first raylet grants after all: it counts the request as ended from now on, so
+    # the lease is taken (not given back) and the request withdrawn where it went.
+    assert core.handle(Received(src=RAYLET, msg=LeaseGranted(
+        request_id=1, lease_id="L1", worker=WORKER, node_id="n0")), now=4) == [
+        CancelTimer(key="lease.retry.1"),
+        Send(dst=RAYLET1, msg=CancelLeaseRequest(request_id=1)),
+        Send(dst=WORKER, msg=PushTask(lease_id="L1", spec=task, function=b"code", resolved=())),
+        SetTimer(key="task.push.t1", at_ns=4 + S),
+    ]
+    core.check_invariants()
+
+
 def test_dependent_task_waits_for_its_argument_and_gets_it_inline() -> None:
     core = driver()
     first = spec("t1")

@@ -32,6 +32,16 @@ def test_longer_runs_with_node_crashes_reschedule_and_settle(profile: str) -> No
         assert result.stats["groups_created"] > 0, f"seed {seed}: no group was ever created"
 
 
+@pytest.mark.parametrize("seed", [41])
+def test_pinned_seeds(seed: int) -> None:
+    """Seed 41 (chaos, 4 nodes): a lease request re-aimed at a raylet that had granted
+    it before (a grant the owner had given back) was ignored there for good, and the
+    program never finished."""
+    result = run_simulation(RunConfig(seed=seed, nodes=4, workload="placement_groups",
+                                      faults="chaos", until_s=30))
+    assert not result.violations, f"seed {seed}: {result.violations}"
+
+
 def test_same_seed_same_trace_for_the_placement_groups_workload() -> None:
     config = RunConfig(seed=5, nodes=3, workload="placement_groups", faults="chaos", until_s=5)
     first, second = run_simulation(config), run_simulation(config)
