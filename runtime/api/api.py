@@ -200,7 +200,12 @@ def wait(
     if not done:
         return [], list(object_refs)
     wanted = dict.fromkeys(done)
-    picked = [i for i, info in enumerate(infos) if info.object_id in wanted][:num_returns]
+    picked: list[int] = []
+    for i, info in enumerate(infos):  # stops at the last one wanted (usually near the front)
+        if info.object_id in wanted:
+            picked.append(i)
+            if len(picked) == num_returns:
+                break
     ready = [object_refs[i] for i in picked]
     if len(picked) == 1:  # the common case: slicing around it beats a comprehension
         i = picked[0]
