@@ -89,6 +89,8 @@ class Engine:
         self.effect_handlers: dict[type, EffectHandler] = {}
         self.crash_hooks: list[Callable[[Address], None]] = []
         self._heap: list[tuple[int, int, int, Any, Any, Any]] = []
+        self._trace_batch = trace.batch
+        self._trace_batch_events = trace.batch_events
         self._seq = 0
         self.stopped = False
 
@@ -188,7 +190,11 @@ class Engine:
         kernel = proc.kernel
         assert kernel is not None
         now = self.now
-        self.trace.record(now, proc.address, event)
+        # Trace.record, inlined (once per event): append to the batch, hash it when full.
+        batch = self._trace_batch
+        batch.append((now, proc.address, event))
+        if len(batch) >= self._trace_batch_events:
+            self.trace.flush()
         try:
             effects = kernel.handle(event, now=now)
             if self.check:
@@ -207,8 +213,16 @@ class Engine:
         # isinstance chain on the hottest path (these effect classes have no subclasses).
         for effect in effects:
             cls = type(effect)
-            if cls is Send:
-                self.send(proc.address, effect.dst, effect.msg)
+            if cls is Send:  # ``send``, inlined: most effects are sends
+                dst = self.processes.get(effect.dst)
+                if dst is None:
+                    continue  # nobody lives at that address: the message goes nowhere
+                src = proc.address
+                received = Received(src=src, msg=effect.msg)
+                now, boot, heap = self.now, dst.boot, self._heap
+                for delay in self.network.delays(src.node, effect.dst.node, now):
+                    self._seq += 1
+                    heapq.heappush(heap, (now + delay, self._seq, _DELIVER, dst, boot, received))
             elif cls is SetTimer:
                 self._seq += 1
                 proc.timers[effect.key] = self._seq
