@@ -168,14 +168,20 @@ class Gcs:
 
     def handle(self, event: GcsInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the GCS and returns the effects, in the order to run them."""
-        table_version, view_version = self.nodes.version, self.resources.version
-        effects = self._dispatch(event, now)
-        if self.nodes.version != table_version:
-            self.resources.sync_nodes(self.nodes.rows)
-        if (self.nodes.version, self.resources.version) != (table_version, view_version):
+        nodes, resources = self.nodes, self.resources
+        table_version, view_version = nodes.version, resources.version
+        if type(event) is Received:  # most inputs: skip the table of input classes
+            effects = self._on_received(event.src, event.msg, now)
+        else:
+            effects = self._dispatch(event, now)
+        if nodes.version != table_version:
+            resources.sync_nodes(nodes.rows)
+        if nodes.version != table_version or resources.version != view_version:
             effects += self.actors.on_cluster_changed(now)
             effects += self.placement_groups.on_cluster_changed(now)
-        return effects + self._kill_removed_groups_actors(now)
+        if self.placement_groups.removed_groups:
+            effects = effects + self._kill_removed_groups_actors(now)
+        return effects
 
     def _kill_removed_groups_actors(self, now: Nanos) -> list[Msg]:
         """Actors of a placement group die with it (Ray kills them on removal)."""

@@ -270,6 +270,8 @@ class WorkerPool:
                 frm.value if frm else "new", expected)
 
     def check_invariants(self) -> None:
+        if not self._workers and not self._idle:
+            return  # no worker: nothing below can disagree (the common case on idle nodes)
         for worker in self._workers.values():
             name = f"raylet workers: worker {worker.worker_id!r}"
             if worker.phase is WorkerPhase.DEAD:
