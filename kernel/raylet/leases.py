@@ -203,6 +203,8 @@ class LeaseManager:
 
     def needs_view(self) -> bool:
         """Whether a fresher cluster view could place some pending request elsewhere."""
+        if not self._pending:
+            return False  # asked on every heartbeat: most have nothing pending
         return any(r.phase is RequestPhase.INFEASIBLE or self._spillable(r)
                    for r in self._pending.values())
 
