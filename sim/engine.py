@@ -41,6 +41,7 @@ from shoal.sim.trace import Trace
 
 _DELIVER, _TIMER, _CALL = 0, 1, 2
 _GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
+_TIMER_INPUTS_MAX = 4096  # TimerFired inputs kept for reuse (keys naming ids never repeat)
 
 Store = dict[str, dict[bytes, bytes]]
 
@@ -90,6 +91,7 @@ class Engine:
         self.crash_hooks: list[Callable[[Address], None]] = []
         self._heap: list[tuple[int, int, int, Any, Any, Any]] = []
         self._trace_batch = trace.batch
+        self._timer_inputs: dict[str, TimerFired] = {}  # by key, bounded by _TIMER_INPUTS_MAX
         self._trace_batch_events = trace.batch_events
         self._seq = 0
         self.stopped = False
@@ -166,6 +168,7 @@ class Engine:
 
     def _run_until(self, end_ns: int) -> None:
         heap, pop, step = self._heap, heapq.heappop, self._step
+        fired = self._timer_inputs
         while heap and not self.stopped and heap[0][0] <= end_ns:
             at_ns, _, kind, a, b, c = pop(heap)
             self.now = at_ns
@@ -175,7 +178,13 @@ class Engine:
             elif kind == _TIMER:
                 if a.kernel is not None and a.timers.get(c) == b:
                     del a.timers[c]
-                    step(a, TimerFired(key=c))
+                    # One immutable TimerFired per key, reused: the same input, built once.
+                    event = fired.get(c)
+                    if event is None:
+                        if len(fired) >= _TIMER_INPUTS_MAX:
+                            fired.clear()
+                        event = fired[c] = TimerFired(key=c)
+                    step(a, event)
             else:
                 a()
         if not self.stopped:
