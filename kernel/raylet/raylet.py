@@ -279,8 +279,8 @@ class Raylet:
         effects += self.drivers.on_heartbeat()
         pool = self.leases.pool
         departed = (pool.departed_total, pool.departed_after(self.reporter.departed_acked))
-        report = self.reporter.on_tick(self.incarnation, self.leases.ledger, self.cluster,
-                                       self.leases.needs_view(), departed)
+        report = self.reporter.on_tick(self.membership.incarnation, self.leases.ledger,
+                                       self.cluster, self.leases.needs_view(), departed)
         if report is not None:
             effects.append(Send(dst=self.config.gcs, msg=report))
         return effects

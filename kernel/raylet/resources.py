@@ -256,13 +256,20 @@ class ClusterView:
         for node_id in update.removed:
             self.entries.pop(node_id, None)
             converted.pop(node_id, None)
+        entries = self.entries
         for row in update.entries:
             last = converted.get(row.node_id)
             if last is None or last[0] != row:
                 last = converted[row.node_id] = (row, to_units(row.total),
                                                  to_units(row.available))
+            else:
+                entry = entries.get(row.node_id)
+                if (entry is not None and entry.total is last[1]
+                        and entry.incarnation == row.incarnation
+                        and entry.available == last[2]):
+                    continue  # the entry already says exactly what this row says
             # ``total`` is only read; ``available`` is a copy, as ``reserve`` changes it.
-            self.entries[row.node_id] = _ViewEntry(
+            entries[row.node_id] = _ViewEntry(
                 incarnation=row.incarnation, total=last[1], available=dict(last[2]))
         for worker in update.departed:
             self.departed[worker] = None

@@ -200,6 +200,8 @@ class WorkerPool:
 
     def departed_after(self, count: int) -> tuple[WorkerId, ...]:
         """Ids of the registered workers removed after the first ``count`` (as far as kept)."""
+        if count >= self.departed_total:
+            return ()  # asked on every heartbeat: most have nothing new
         skip = count - (self.departed_total - len(self._departed))
         return tuple(self._departed[max(skip, 0):])
 
