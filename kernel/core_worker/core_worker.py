@@ -189,7 +189,7 @@ class CoreWorker:
         self.objects.defer_releases = self._runs_user_code()  # objects.py: borrower forwarding
         effects = self._dispatch(event, now)
         self.objects.defer_releases = self._runs_user_code()
-        if isinstance(event, TaskExecuted | ActorTaskExecuted) or (
+        if _ends_user_code(type(event)) or (
                 not self.objects.defer_releases and self.objects.has_deferred):
             effects += self.objects.release_deferred()  # its results were handed off
         effects += self._announce_completions(now)
@@ -405,6 +405,19 @@ class CoreWorker:
         self.gcs_client.check_invariants()
         self.actors.check_invariants()
         self.actor_host.check_invariants()
+
+
+_ENDS_USER_CODE: dict[type, bool] = {}
+
+
+def _ends_user_code(event_type: type) -> bool:
+    """Whether an input of this class reports user code that finished (a task or an
+    actor call): ``isinstance`` on every input, remembered per class (slow for msgspec)."""
+    ends = _ENDS_USER_CODE.get(event_type)
+    if ends is None:
+        ends = _ENDS_USER_CODE[event_type] = issubclass(event_type,
+                                                        (TaskExecuted, ActorTaskExecuted))
+    return ends
 
 
 # The core worker's handlers by host input and by message class (kernel/dispatch.py: a
