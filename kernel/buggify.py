@@ -17,7 +17,7 @@ from random import Random
 class Buggify:
     """A seeded decision source for kernel fault points."""
 
-    __slots__ = ("enabled", "_rng", "_active", "_activation_p", "_fire_p", "fired")
+    __slots__ = ("enabled", "_seed", "_rng", "_active", "_activation_p", "_fire_p", "fired")
 
     def __init__(
         self,
@@ -28,7 +28,10 @@ class Buggify:
         fire_p: float = 0.25,
     ) -> None:
         self.enabled = enabled
-        self._rng = Random(seed)
+        # Seeded at the first draw: a simulated process gets a source whether or not its
+        # run turns BUGGIFY on, and seeding a Random costs more than a short-lived worker.
+        self._seed = seed
+        self._rng: Random | None = None
         self._active: dict[str, bool] = {}
         self._activation_p = activation_p
         self._fire_p = fire_p
@@ -38,11 +41,14 @@ class Buggify:
         """True when the fault at ``point`` should happen now (never in production)."""
         if not self.enabled:
             return False
+        rng = self._rng
+        if rng is None:
+            rng = self._rng = Random(self._seed)
         active = self._active.get(point)
         if active is None:
-            active = self._rng.random() < self._activation_p
+            active = rng.random() < self._activation_p
             self._active[point] = active
-        if not active or self._rng.random() >= self._fire_p:
+        if not active or rng.random() >= self._fire_p:
             return False
         self.fired[point] = self.fired.get(point, 0) + 1
         return True

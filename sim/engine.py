@@ -41,6 +41,7 @@ from shoal.sim.trace import Trace
 
 _DELIVER, _TIMER, _CALL = 0, 1, 2
 _GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
+_TIMER_INPUTS_MAX = 4096  # TimerFired inputs kept for reuse (keys naming ids never repeat)
 
 Store = dict[str, dict[bytes, bytes]]
 
@@ -89,6 +90,9 @@ class Engine:
         self.effect_handlers: dict[type, EffectHandler] = {}
         self.crash_hooks: list[Callable[[Address], None]] = []
         self._heap: list[tuple[int, int, int, Any, Any, Any]] = []
+        self._trace_batch = trace.batch
+        self._timer_inputs: dict[str, TimerFired] = {}  # by key, bounded by _TIMER_INPUTS_MAX
+        self._trace_batch_events = trace.batch_events
         self._seq = 0
         self.stopped = False
 
@@ -164,6 +168,7 @@ class Engine:
 
     def _run_until(self, end_ns: int) -> None:
         heap, pop, step = self._heap, heapq.heappop, self._step
+        fired = self._timer_inputs
         while heap and not self.stopped and heap[0][0] <= end_ns:
             at_ns, _, kind, a, b, c = pop(heap)
             self.now = at_ns
@@ -173,7 +178,13 @@ class Engine:
             elif kind == _TIMER:
                 if a.kernel is not None and a.timers.get(c) == b:
                     del a.timers[c]
-                    step(a, TimerFired(key=c))
+                    # One immutable TimerFired per key, reused: the same input, built once.
+                    event = fired.get(c)
+                    if event is None:
+                        if len(fired) >= _TIMER_INPUTS_MAX:
+                            fired.clear()
+                        event = fired[c] = TimerFired(key=c)
+                    step(a, event)
             else:
                 a()
         if not self.stopped:
@@ -188,7 +199,11 @@ class Engine:
         kernel = proc.kernel
         assert kernel is not None
         now = self.now
-        self.trace.record(now, proc.address, event)
+        # Trace.record, inlined (once per event): append to the batch, hash it when full.
+        batch = self._trace_batch
+        batch.append((now, proc.address, event))
+        if len(batch) >= self._trace_batch_events:
+            self.trace.flush()
         try:
             effects = kernel.handle(event, now=now)
             if self.check:
@@ -207,8 +222,16 @@ class Engine:
         # isinstance chain on the hottest path (these effect classes have no subclasses).
         for effect in effects:
             cls = type(effect)
-            if cls is Send:
-                self.send(proc.address, effect.dst, effect.msg)
+            if cls is Send:  # ``send``, inlined: most effects are sends
+                dst = self.processes.get(effect.dst)
+                if dst is None:
+                    continue  # nobody lives at that address: the message goes nowhere
+                src = proc.address
+                received = Received(src=src, msg=effect.msg)
+                now, boot, heap = self.now, dst.boot, self._heap
+                for delay in self.network.delays(src.node, effect.dst.node, now):
+                    self._seq += 1
+                    heapq.heappush(heap, (now + delay, self._seq, _DELIVER, dst, boot, received))
             elif cls is SetTimer:
                 self._seq += 1
                 proc.timers[effect.key] = self._seq

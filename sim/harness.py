@@ -117,6 +117,7 @@ def run_simulation(config: RunConfig, workload: Workload | None = None) -> RunRe
     from shoal.sim.workloads import make_workload
 
     started = time.perf_counter()
+    made_here = workload is None  # then its threads end here: none outlives the run
     profile = PROFILES[config.faults]
     root = Random(config.seed)
     net_rng, fault_rng, bug_rng, work_rng = (Random(root.getrandbits(64)) for _ in range(4))
@@ -137,7 +138,7 @@ def run_simulation(config: RunConfig, workload: Workload | None = None) -> RunRe
             _run_liveness(sim, workload, config)
     except SimulationCrash as crash:
         sim.violation(f"crash: {crash}")
-    return RunResult(
+    result = RunResult(
         config=config, trace_hash=engine.trace.digest, events=engine.trace.events,
         sim_seconds=engine.now / NANOS_PER_SECOND,
         wall_seconds=time.perf_counter() - started, violations=sim.violations,
@@ -145,6 +146,9 @@ def run_simulation(config: RunConfig, workload: Workload | None = None) -> RunRe
         stats={"network": _network_stats(engine.network),
                **(workload.stats() if hasattr(workload, "stats") else {})},
     )
+    if made_here and hasattr(workload, "shutdown"):
+        workload.shutdown()  # after the digest: unwinding user threads adds nothing to it
+    return result
 
 
 def _network_stats(network: Network) -> dict[str, int]:

@@ -41,19 +41,22 @@ class Trace:
     def __init__(self, window: int = 40) -> None:
         self._hash = hashlib.sha256()
         self._encoder = msgspec.msgpack.Encoder()
-        self._batch: list[tuple[int, Address, Msg]] = []
+        # The engine appends to ``batch`` itself (Trace.record inlined on its hottest
+        # path) and calls ``flush`` once it holds ``batch_events``.
+        self.batch: list[tuple[int, Address, Msg]] = []
+        self.batch_events = _BATCH_EVENTS
         self._recent: deque[tuple[int, Address, Msg]] = deque(maxlen=window)
         self._window = window
         self._hashed_events = 0
 
     def record(self, time_ns: int, address: Address, event: Msg) -> None:
-        batch = self._batch
+        batch = self.batch
         batch.append((time_ns, address, event))
         if len(batch) >= _BATCH_EVENTS:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
-        batch = self._batch
+    def flush(self) -> None:
+        batch = self.batch
         if not batch:
             return
         encoded = memoryview(self._encoder.encode(batch))
@@ -64,7 +67,7 @@ class Trace:
 
     @property
     def events(self) -> int:
-        return self._hashed_events + len(self._batch)
+        return self._hashed_events + len(self.batch)
 
     def note(self, time_ns: int, what: str, detail: Any = None) -> None:
         """Records a simulator decision (a fault, a crash) in the hash and the window."""
@@ -72,11 +75,11 @@ class Trace:
 
     @property
     def digest(self) -> str:
-        self._flush()
+        self.flush()
         return self._hash.hexdigest()
 
     def recent_lines(self) -> list[str]:
-        recent = [*self._recent, *self._batch][-self._window:]
+        recent = [*self._recent, *self.batch][-self._window:]
         return [format_event(t, addr, ev) for t, addr, ev in recent]
 
 

@@ -639,6 +639,8 @@ class ActorCaller:
         """Sequence numbers stay below each entry's next one, and every call is indexed
         where its entry says. Runs after every step, so it checks at most
         ``_CHECK_BUDGET`` entries and calls per call, cycling through all of them."""
+        if not self._actors and not self._calls:
+            return  # nothing to check (the queues hold only ids of rows since removed)
         if not self._check_actors:
             self._check_actors = list(self._actors)
         for _ in range(min(_CHECK_BUDGET, len(self._check_actors))):

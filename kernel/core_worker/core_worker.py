@@ -36,6 +36,8 @@ cancelled are cancelled as they arrive. The record ends with the task.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 from shoal.kernel.core_worker.actor_executor import ActorHost
 from shoal.kernel.core_worker.actor_protocol import (
@@ -110,6 +112,7 @@ from shoal.kernel.gcs.actor_protocol import (
     KillActorReply,
     NamedActorReply,
 )
+from shoal.kernel.dispatch import handler_for
 from shoal.kernel.gcs.protocol import NodeTableUpdate
 from shoal.kernel.gcs_client import POLL_TIMER, GcsClient, GcsClientConfig, KvCallRequested
 from shoal.kernel.ids import NANOS_PER_MILLI, Nanos, NodeId, ObjectId, TaskId, WorkerId
@@ -189,7 +192,7 @@ class CoreWorker:
         self.objects.defer_releases = self._runs_user_code()  # objects.py: borrower forwarding
         effects = self._dispatch(event, now)
         self.objects.defer_releases = self._runs_user_code()
-        if isinstance(event, TaskExecuted | ActorTaskExecuted) or (
+        if _ends_user_code(type(event)) or (
                 not self.objects.defer_releases and self.objects.has_deferred):
             effects += self.objects.release_deferred()  # its results were handed off
         effects += self._announce_completions(now)
@@ -199,56 +202,29 @@ class CoreWorker:
         return self.executor.running_task_id is not None or self.actor_host.running_calls > 0
 
     def _dispatch(self, event: CoreWorkerInput, now: Nanos) -> list[Msg]:
-        match event:
-            case Received():
-                return self._on_received(event.src, event.msg, now)
-            case TimerFired():
-                return self._on_timer(event, now)
-            case TaskSubmitted():
-                if event.spec.streaming:
-                    self.streams.open(event.spec.task_id)
-                effects = self.submitter.submit(event.spec, event.function, now)
-                return effects + self._adopt_child(event.spec.task_id, now)
-            case ObjectPut():
-                return self._on_put(event)
-            case GetRequested():
-                return self.calls.on_get(event, now)
-            case WaitRequested():
-                return self.calls.on_wait(event, now)
-            case RefsChanged():
-                return [e for info, delta in event.deltas
-                        for e in self.objects.change_local(info, delta)]
-            case CancelRequested():
-                return self._on_cancel_requested(event, now)
-            case TaskExecuted():
-                self._children.pop(event.task_id, None)
-                self._cancelled_parents.pop(event.task_id, None)
-                return self.executor.on_executed(event, now)
-            case KvCallRequested():
-                return self.gcs_client.handle(event, now=now)
-            case Started():
-                return self._on_started(now)
-            # --- actors (issue #4) ---
-            case ActorCreationRequested():
-                return self.actors.on_create(event, now)
-            case ActorCallSubmitted():
-                if event.spec.streaming:  # a generator method (issue 5)
-                    self.streams.open(event.spec.task_id)
-                return self.actors.submit(event, now) + self._adopt_child(event.spec.task_id, now)
-            case ActorLookupRequested():
-                return self.actors.on_lookup(event, now)
-            case ActorKillRequested():
-                return self.actors.on_kill(event, now)
-            case ActorInstanceCreated():
-                return self.actor_host.on_instance_created(event)
-            case ActorTaskExecuted():
-                return self.actor_host.on_executed(event, now)
-            case StreamItemProduced():  # streaming generators (issue 5): task or actor call
-                return (self.executor.on_stream_item(event, now)
-                        + self.actor_host.on_stream_item(event, now))
-            case StreamNextRequested():
-                return self.streams.on_next(event, now)
-        return []
+        # A table keyed by input class (kernel/dispatch.py), not a ``match``: each class
+        # pattern is an isinstance call, slow for msgspec classes.
+        event_type = type(event)
+        if event_type is Received:  # most inputs
+            return self._on_received(event.src, event.msg, now)
+        handler = _INPUTS.get(event_type) or handler_for(_INPUTS, event_type)
+        return handler(self, event, now) if handler is not None else []
+
+    def _on_task_submitted(self, event: TaskSubmitted, now: Nanos) -> list[Msg]:
+        if event.spec.streaming:
+            self.streams.open(event.spec.task_id)
+        effects = self.submitter.submit(event.spec, event.function, now)
+        return effects + self._adopt_child(event.spec.task_id, now)
+
+    def _on_task_executed(self, event: TaskExecuted, now: Nanos) -> list[Msg]:
+        self._children.pop(event.task_id, None)
+        self._cancelled_parents.pop(event.task_id, None)
+        return self.executor.on_executed(event, now)
+
+    def _on_actor_call_submitted(self, event: ActorCallSubmitted, now: Nanos) -> list[Msg]:
+        if event.spec.streaming:  # a generator method (issue 5)
+            self.streams.open(event.spec.task_id)
+        return self.actors.submit(event, now) + self._adopt_child(event.spec.task_id, now)
 
     def _on_started(self, now: Nanos) -> list[Msg]:
         effects = self.gcs_client.handle(Started(), now=now)
@@ -319,80 +295,9 @@ class CoreWorker:
         return effects + self.objects.change_local(info, -1)
 
     def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
-        s = self.submitter
-        match msg:
-            case TaskDone():
-                return s.on_task_done(src, msg, now)
-            case PushTask():
-                return self.executor.on_push(src, msg, now)
-            case GetObject():
-                return self.objects.on_get_object(src, msg)
-            case ObjectStatus():
-                return self.objects.on_object_status(msg)
-            case LeaseGranted():
-                return s.on_lease_granted(src, msg, now)
-            case TaskRunning():
-                return s.on_task_running(msg)
-            case ReturnWorkerAck():
-                return s.on_return_ack(msg)
-            case LeaseSpillback():
-                return s.on_spillback(src, msg, now)
-            case LeaseRejected():
-                return s.on_lease_rejected(src, msg, now)
-            case LeasedWorkerDied():
-                return s.on_worker_died(msg, now)
-            case RefReleased():
-                return self.objects.on_ref_released(src, msg)
-            case RegisterBorrow():
-                if self.submitter.is_pending(msg.task_id) or self.actors.owns_call(msg.task_id):
-                    return []  # its results have not reached us yet: asked again later
-                return self.objects.on_register_borrow(src, msg, now)
-            case BorrowRegistered():
-                return self.objects.on_borrow_registered(msg)
-            case AddBorrower():
-                return self.objects.on_add_borrower(src, msg)
-            case BorrowerAdded():
-                return self.objects.on_borrower_added(msg)
-            case LeaseCheck():
-                return [Send(dst=src, msg=self.submitter.lease_check_reply(src, msg))]
-            case ObjectLocal():
-                return self.objects.on_object_local(msg)
-            case ObjectUnavailable():
-                return self.objects.on_object_unavailable(msg, now)
-            case ObjectLocationAdded():
-                return self.objects.on_location_added(msg)
-            case ObjectLocationRemoved():
-                return self.objects.on_location_removed(msg)
-            case CancelTask():
-                return self._on_cancel_task(src, msg, now)
-            case CancelForwarded():
-                return self._on_cancel_requested(msg, now)
-            case StreamItem():  # streaming generators (issue 5)
-                return self.streams.on_item(src, msg)
-            case StreamItemAck():
-                return self.executor.on_stream_ack(msg, now) + self.actor_host.on_stream_ack(msg)
-            case NodeTableUpdate():
-                return self._on_node_table(msg, now)
-            # --- actors (issue #4) ---
-            case PushActorTask():
-                return self.actor_host.on_push(src, msg, now)
-            case ActorTaskDone():
-                return self.actors.on_done(src, msg, now)
-            case ActorTaskAck():
-                return self.actors.on_ack(msg)
-            case ActorTaskRejected():
-                return self.actors.on_rejected(msg, now)
-            case CreateActor():
-                return self.actor_host.on_create(src, msg, now)
-            case ActorTableUpdate():
-                return self.actors.on_table_update(msg, now)
-            case ActorRegistered() | NamedActorReply() | KillActorReply():
-                return self.actors.on_gcs_reply(msg, now)
-            case Rejected() if msg.request_type in ACTOR_REQUEST_TYPES:
-                return self.actors.on_gcs_reply(msg, now)
-            # --- end actors ---
-            case Rejected():
-                return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
+        handler = _RECEIVERS.get(type(msg)) or handler_for(_RECEIVERS, type(msg))
+        if handler is not None:
+            return handler(self, src, msg, now)
         if type(msg).__name__.startswith("Kv") or type(msg).__name__ in _GCS_CALL_REPLIES:
             # placement groups and the resource view: their replies complete calls of the
             # GCS client, as KV ones do
@@ -400,6 +305,16 @@ class CoreWorker:
         reason = (f"core worker {self.address}: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")
         return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=reason))]
+
+    def _on_register_borrow(self, src: Address, msg: RegisterBorrow, now: Nanos) -> list[Msg]:
+        if self.submitter.is_pending(msg.task_id) or self.actors.owns_call(msg.task_id):
+            return []  # its results have not reached us yet: asked again later
+        return self.objects.on_register_borrow(src, msg, now)
+
+    def _on_rejected(self, src: Address, msg: Rejected, now: Nanos) -> list[Msg]:
+        if msg.request_type in ACTOR_REQUEST_TYPES:
+            return self.actors.on_gcs_reply(msg, now)
+        return self.gcs_client.handle(Received(src=src, msg=msg), now=now)
 
     def _on_node_table(self, msg: NodeTableUpdate, now: Nanos) -> list[Msg]:
         self.gcs_client.handle(Received(src=self.gcs_client.gcs, msg=msg), now=now)
@@ -493,3 +408,86 @@ class CoreWorker:
         self.gcs_client.check_invariants()
         self.actors.check_invariants()
         self.actor_host.check_invariants()
+
+
+_ENDS_USER_CODE: dict[type, bool] = {}
+
+
+def _ends_user_code(event_type: type) -> bool:
+    """Whether an input of this class reports user code that finished (a task or an
+    actor call): ``isinstance`` on every input, remembered per class (slow for msgspec)."""
+    ends = _ENDS_USER_CODE.get(event_type)
+    if ends is None:
+        ends = _ENDS_USER_CODE[event_type] = issubclass(event_type,
+                                                        (TaskExecuted, ActorTaskExecuted))
+    return ends
+
+
+# The core worker's handlers by host input and by message class (kernel/dispatch.py: a
+# dict probe on ``type(msg)`` instead of a ``match`` walking one isinstance per case).
+_INPUTS: dict[type, Callable[[CoreWorker, Msg, Nanos], list[Msg]]] = {
+    Received: lambda cw, event, now: cw._on_received(event.src, event.msg, now),
+    TimerFired: lambda cw, event, now: cw._on_timer(event, now),
+    TaskSubmitted: lambda cw, event, now: cw._on_task_submitted(event, now),
+    ObjectPut: lambda cw, event, now: cw._on_put(event),
+    GetRequested: lambda cw, event, now: cw.calls.on_get(event, now),
+    WaitRequested: lambda cw, event, now: cw.calls.on_wait(event, now),
+    RefsChanged: lambda cw, event, now: [e for info, delta in event.deltas
+                                         for e in cw.objects.change_local(info, delta)],
+    CancelRequested: lambda cw, event, now: cw._on_cancel_requested(event, now),
+    TaskExecuted: lambda cw, event, now: cw._on_task_executed(event, now),
+    KvCallRequested: lambda cw, event, now: cw.gcs_client.handle(event, now=now),
+    Started: lambda cw, event, now: cw._on_started(now),
+    # --- actors (issue #4) ---
+    ActorCreationRequested: lambda cw, event, now: cw.actors.on_create(event, now),
+    ActorCallSubmitted: lambda cw, event, now: cw._on_actor_call_submitted(event, now),
+    ActorLookupRequested: lambda cw, event, now: cw.actors.on_lookup(event, now),
+    ActorKillRequested: lambda cw, event, now: cw.actors.on_kill(event, now),
+    ActorInstanceCreated: lambda cw, event, now: cw.actor_host.on_instance_created(event),
+    ActorTaskExecuted: lambda cw, event, now: cw.actor_host.on_executed(event, now),
+    # --- streaming generators (issue 5): a task or an actor call ---
+    StreamItemProduced: lambda cw, event, now: (cw.executor.on_stream_item(event, now)
+                                                + cw.actor_host.on_stream_item(event, now)),
+    StreamNextRequested: lambda cw, event, now: cw.streams.on_next(event, now),
+}
+
+_RECEIVERS: dict[type, Callable[[CoreWorker, Address, Msg, Nanos], list[Msg]]] = {
+    TaskDone: lambda cw, src, msg, now: cw.submitter.on_task_done(src, msg, now),
+    PushTask: lambda cw, src, msg, now: cw.executor.on_push(src, msg, now),
+    GetObject: lambda cw, src, msg, now: cw.objects.on_get_object(src, msg),
+    ObjectStatus: lambda cw, src, msg, now: cw.objects.on_object_status(msg),
+    LeaseGranted: lambda cw, src, msg, now: cw.submitter.on_lease_granted(src, msg, now),
+    TaskRunning: lambda cw, src, msg, now: cw.submitter.on_task_running(msg),
+    ReturnWorkerAck: lambda cw, src, msg, now: cw.submitter.on_return_ack(msg),
+    LeaseSpillback: lambda cw, src, msg, now: cw.submitter.on_spillback(src, msg, now),
+    LeaseRejected: lambda cw, src, msg, now: cw.submitter.on_lease_rejected(src, msg, now),
+    LeasedWorkerDied: lambda cw, src, msg, now: cw.submitter.on_worker_died(msg, now),
+    RefReleased: lambda cw, src, msg, now: cw.objects.on_ref_released(src, msg),
+    RegisterBorrow: lambda cw, src, msg, now: cw._on_register_borrow(src, msg, now),
+    BorrowRegistered: lambda cw, src, msg, now: cw.objects.on_borrow_registered(msg),
+    AddBorrower: lambda cw, src, msg, now: cw.objects.on_add_borrower(src, msg),
+    BorrowerAdded: lambda cw, src, msg, now: cw.objects.on_borrower_added(msg),
+    LeaseCheck: lambda cw, src, msg, now: [Send(
+        dst=src, msg=cw.submitter.lease_check_reply(src, msg))],
+    ObjectLocal: lambda cw, src, msg, now: cw.objects.on_object_local(msg),
+    ObjectUnavailable: lambda cw, src, msg, now: cw.objects.on_object_unavailable(msg, now),
+    ObjectLocationAdded: lambda cw, src, msg, now: cw.objects.on_location_added(msg),
+    ObjectLocationRemoved: lambda cw, src, msg, now: cw.objects.on_location_removed(msg),
+    CancelTask: lambda cw, src, msg, now: cw._on_cancel_task(src, msg, now),
+    CancelForwarded: lambda cw, src, msg, now: cw._on_cancel_requested(msg, now),
+    StreamItem: lambda cw, src, msg, now: cw.streams.on_item(src, msg),  # issue 5
+    StreamItemAck: lambda cw, src, msg, now: (cw.executor.on_stream_ack(msg, now)
+                                              + cw.actor_host.on_stream_ack(msg)),
+    NodeTableUpdate: lambda cw, src, msg, now: cw._on_node_table(msg, now),
+    # --- actors (issue #4) ---
+    PushActorTask: lambda cw, src, msg, now: cw.actor_host.on_push(src, msg, now),
+    ActorTaskDone: lambda cw, src, msg, now: cw.actors.on_done(src, msg, now),
+    ActorTaskAck: lambda cw, src, msg, now: cw.actors.on_ack(msg),
+    ActorTaskRejected: lambda cw, src, msg, now: cw.actors.on_rejected(msg, now),
+    CreateActor: lambda cw, src, msg, now: cw.actor_host.on_create(src, msg, now),
+    ActorTableUpdate: lambda cw, src, msg, now: cw.actors.on_table_update(msg, now),
+    **dict.fromkeys((ActorRegistered, NamedActorReply, KillActorReply),
+                    lambda cw, src, msg, now: cw.actors.on_gcs_reply(msg, now)),
+    # --- end actors ---
+    Rejected: lambda cw, src, msg, now: cw._on_rejected(src, msg, now),
+}

@@ -83,7 +83,11 @@ from shoal.kernel.task_spec import ObjectRefInfo
 FETCH_TIMER_PREFIX = "obj.fetch."
 HANDOFF_TIMER_PREFIX = "obj.handoff."
 REGISTER_TIMER_PREFIX = "obj.register."
-_CHECK_BUDGET = 32
+# check_invariants checks every row whose checked fields (phase, result, counts) the
+# steps since the last call changed, plus this many others in rotation (a safety net
+# for a change made on a path that forgets to record it).
+_SWEEP_BUDGET = 4
+_TOUCHED_MAX = 4096  # past this (checks not being run), the next check checks every row
 
 
 class ObjPhase(Enum):
@@ -150,6 +154,9 @@ class ObjectTable:
         self.lost: list[ObjectId] = []
         self.freed_ids: list[ObjectId] = []
         self._check_queue: list[ObjectId] = []
+        # Rows whose phase, result or counts changed since the last check_invariants.
+        self._touched: dict[ObjectId, None] = {}
+        self._check_all = False  # _touched overflowed: the next check checks every row
         self._handoffs: dict[int, _Handoff] = {}
         self._next_handoff = 1
         self._next_epoch = 1
@@ -217,6 +224,7 @@ class ObjectTable:
         if result is None or not result.stored or msg.node_id in result.locations:
             return []
         ref.result = msgspec.structs.replace(result, locations=result.locations + (msg.node_id,))
+        self._touch(ref.object_id)
         return []
 
     def on_location_removed(self, msg: ObjectLocationRemoved) -> list[Msg]:
@@ -227,6 +235,7 @@ class ObjectTable:
             return []
         kept = tuple(n for n in result.locations if n != msg.node_id)
         ref.result = msgspec.structs.replace(result, locations=kept)
+        self._touch(ref.object_id)
         if msg.node_id == self.me.node:
             self._local.pop(msg.object_id, None)
         if not kept:
@@ -242,6 +251,7 @@ class ObjectTable:
             kept = tuple(n for n in result.locations if n not in dead)
             if kept != result.locations:
                 ref.result = msgspec.structs.replace(result, locations=kept)
+                self._touch(ref.object_id)
                 if not kept:
                     self.lost.append(ref.object_id)
 
@@ -268,12 +278,22 @@ class ObjectTable:
     # --- rows ------------------------------------------------------------
 
     def ensure(self, info: ObjectRefInfo) -> _Ref:
+        """The row of ``info``, made if new; recorded as touched (callers change it)."""
         ref = self._refs.get(info.object_id)
         if ref is None:
             owned = info.owner == self.me
             ref = _Ref(object_id=info.object_id, owner=info.owner, owned=owned)
             self._refs[info.object_id] = ref
+        self._touch(info.object_id)
         return ref
+
+    def _touch(self, object_id: ObjectId) -> None:
+        """Records that a row's phase, result or counts changed, for check_invariants."""
+        touched = self._touched
+        touched[object_id] = None
+        if len(touched) > _TOUCHED_MAX:
+            touched.clear()
+            self._check_all = True
 
     def add_owned_pending(self, object_id: ObjectId) -> None:
         self.ensure(ObjectRefInfo(object_id=object_id, owner=self.me))
@@ -345,6 +365,7 @@ class ObjectTable:
             ref.registered_borrower = True
 
     def _maybe_free(self, ref: _Ref) -> list[Msg]:
+        self._touch(ref.object_id)  # called after every change of a count
         if ref.referenced() or (ref.owned and ref.phase is ObjPhase.PENDING):
             return []
         if ref.fetching and not ref.owned:
@@ -544,6 +565,7 @@ class ObjectTable:
     # --- phases and checks -----------------------------------------------
 
     def _move(self, ref: _Ref, to: ObjPhase) -> None:
+        self._touch(ref.object_id)
         if (ref.phase, to) not in _TRANSITIONS:
             raise InvalidTransition("core_worker", f"move object to {to.value}", ref.object_id,
                                     ref.phase.value, " or ".join(
@@ -551,24 +573,39 @@ class ObjectTable:
         ref.phase = to
 
     def check_invariants(self) -> None:
-        """Checks up to ``_CHECK_BUDGET`` rows per call, cycling through all of them, so
-        that checking after every step stays O(1) however many objects there are."""
+        """Checks every row changed since the last call (``_touched``), so a broken row is
+        caught at the step that broke it, plus ``_SWEEP_BUDGET`` others in rotation: the
+        cost follows what a step changed, not how many objects there are."""
+        refs = self._refs
+        if self._check_all:
+            self._check_all = False
+            self._touched.clear()
+            for oid, ref in refs.items():
+                self._check_row(oid, ref)
+            return
+        for oid in self._touched:
+            ref = refs.get(oid)
+            if ref is not None:  # a freed row has nothing left to check
+                self._check_row(oid, ref)
+        self._touched.clear()
         if not self._check_queue:
-            self._check_queue = list(self._refs)
-        for _ in range(min(_CHECK_BUDGET, len(self._check_queue))):
+            self._check_queue = list(refs)
+        for _ in range(min(_SWEEP_BUDGET, len(self._check_queue))):
             oid = self._check_queue.pop()
-            ref = self._refs.get(oid)
-            if ref is None:
-                continue
-            if ref.object_id != oid:
-                raise InvariantViolation(f"core_worker: object {oid!r} is filed under another id")
-            if ref.owned != (ref.owner == self.me):
-                raise InvariantViolation(f"core_worker: ownership of {oid!r} disagrees with its owner")
-            if (ref.phase is ObjPhase.PENDING) != (ref.result is None):
-                raise InvariantViolation(f"core_worker: object {oid!r} is {ref.phase.value} "
-                                         f"but {'has' if ref.result else 'lacks'} a result")
-            if min(ref.local, ref.tasks, ref.contained) < 0:
-                raise InvariantViolation(f"core_worker: object {oid!r} has a negative count")
+            ref = refs.get(oid)
+            if ref is not None:
+                self._check_row(oid, ref)
+
+    def _check_row(self, oid: ObjectId, ref: _Ref) -> None:
+        if ref.object_id != oid:
+            raise InvariantViolation(f"core_worker: object {oid!r} is filed under another id")
+        if ref.owned != (ref.owner == self.me):
+            raise InvariantViolation(f"core_worker: ownership of {oid!r} disagrees with its owner")
+        if (ref.phase is ObjPhase.PENDING) != (ref.result is None):
+            raise InvariantViolation(f"core_worker: object {oid!r} is {ref.phase.value} "
+                                     f"but {'has' if ref.result else 'lacks'} a result")
+        if min(ref.local, ref.tasks, ref.contained) < 0:
+            raise InvariantViolation(f"core_worker: object {oid!r} has a negative count")
 
 
 def _lost(object_id: ObjectId) -> ObjectResult:

@@ -30,10 +30,11 @@ Durable state is handed back to the constructor on restart as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import msgspec
 from shoal.kernel.buggify import DISABLED, Buggify
+from shoal.kernel.dispatch import handler_for
 from shoal.kernel.gcs.actor_protocol import (
     ActorCreated,
     ActorCreating,
@@ -168,14 +169,20 @@ class Gcs:
 
     def handle(self, event: GcsInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the GCS and returns the effects, in the order to run them."""
-        table_version, view_version = self.nodes.version, self.resources.version
-        effects = self._dispatch(event, now)
-        if self.nodes.version != table_version:
-            self.resources.sync_nodes(self.nodes.rows)
-        if (self.nodes.version, self.resources.version) != (table_version, view_version):
+        nodes, resources = self.nodes, self.resources
+        table_version, view_version = nodes.version, resources.version
+        if type(event) is Received:  # most inputs: skip the table of input classes
+            effects = self._on_received(event.src, event.msg, now)
+        else:
+            effects = self._dispatch(event, now)
+        if nodes.version != table_version:
+            resources.sync_nodes(nodes.rows)
+        if nodes.version != table_version or resources.version != view_version:
             effects += self.actors.on_cluster_changed(now)
             effects += self.placement_groups.on_cluster_changed(now)
-        return effects + self._kill_removed_groups_actors(now)
+        if self.placement_groups.removed_groups:
+            effects = effects + self._kill_removed_groups_actors(now)
+        return effects
 
     def _kill_removed_groups_actors(self, now: Nanos) -> list[Msg]:
         """Actors of a placement group die with it (Ray kills them on removal)."""
@@ -184,23 +191,23 @@ class Gcs:
             group_marker(pg_id), f"its placement group {pg_id!r} was removed", now)]
 
     def _dispatch(self, event: GcsInput, now: Nanos) -> list[Msg]:
-        match event:
-            case Received():
-                return self._on_received(event.src, event.msg, now)
-            case TimerFired(key=key) if key == HEALTH_CHECK_TIMER:
-                return self.nodes.on_health_check(now) + [self._arm_health_check(now)]
-            case Started():
-                self.nodes.on_started(now)
-                self.resources.on_started(now)
-                return [self._arm_health_check(now), *self.actors.on_started(now),
-                        *self.placement_groups.on_started(now)]
-            case TimerFired(key=key) if key.startswith(ACTOR_TIMER_PREFIX):
-                return self.actors.on_timer(key, now)
-            case TimerFired(key=key) if key.startswith(PG_TIMER_PREFIX):
-                return self.placement_groups.on_timer(key, now)
-            case TimerFired():
-                return []  # a timer from before a restart: stale
-        return []
+        handler = _INPUTS.get(type(event)) or handler_for(_INPUTS, type(event))
+        return handler(self, event, now) if handler is not None else []
+
+    def _on_started(self, now: Nanos) -> list[Msg]:
+        self.nodes.on_started(now)
+        self.resources.on_started(now)
+        return [self._arm_health_check(now), *self.actors.on_started(now),
+                *self.placement_groups.on_started(now)]
+
+    def _on_timer(self, key: str, now: Nanos) -> list[Msg]:
+        if key == HEALTH_CHECK_TIMER:
+            return self.nodes.on_health_check(now) + [self._arm_health_check(now)]
+        if key.startswith(ACTOR_TIMER_PREFIX):
+            return self.actors.on_timer(key, now)
+        if key.startswith(PG_TIMER_PREFIX):
+            return self.placement_groups.on_timer(key, now)
+        return []  # a timer from before a restart: stale
 
     def _arm_health_check(self, now: Nanos) -> SetTimer:
         interval = self.config.membership.health_check_interval_ns
@@ -209,46 +216,15 @@ class Gcs:
         return SetTimer(key=HEALTH_CHECK_TIMER, at_ns=now + interval)
 
     def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
-        match msg:
-            case Heartbeat():
-                return self.nodes.on_heartbeat(src, msg, now)
-            case RegisterNode():
-                return self.nodes.on_register(src, msg, now)
-            case SubscribeNodes():
-                return self.nodes.on_subscribe(src, msg, now)
-            case UnregisterNode():
-                return self.nodes.on_unregister(src, msg)
-            case KvPut() | KvGet() | KvDelete() | KvList() | KvExists():
-                return self.kv.on_request(src, msg)
-            case ResourceReport():
-                return self.resources.on_report(src, msg)
-            case GetResourceView():
-                return [Send(dst=src, msg=ResourceViewReply(
-                    request_id=msg.request_id, rows=self.resources.rows))]
-            # --- actors (issue #4) ---
-            case RegisterActor() | PollActors() | GetNamedActor() | KillActor() | ActorCreating() \
-                    | ActorCreated():
-                return self._on_actor_message(src, msg, now)
-            case LeaseGranted() | LeaseSpillback() | LeaseRejected() | LeasedWorkerDied() \
-                    | ReturnWorkerAck() | LeaseCheck():
-                return self._on_actor_lease(src, msg, now)
-            # --- placement groups ---
-            case CreatePlacementGroup() | RemovePlacementGroup() | GetPlacementGroup() \
-                    | ListPlacementGroups() | WaitPlacementGroupReady():
-                return self.placement_groups.on_request(src, msg, now) + self._late_group(msg, now)
-            case BundlesPrepared():
-                return self.placement_groups.on_prepared(src, msg, now)
-            case BundlesCommitted():
-                return self.placement_groups.on_committed(src, msg, now)
-            case BundlesReleased():
-                return self.placement_groups.on_released(src, msg)
-            case DriverExitReport():
-                return self._on_driver_exit(src, msg, now)
-            case Rejected():
-                return []  # a peer refused something we sent; nothing to undo
+        handler = _RECEIVERS.get(type(msg)) or handler_for(_RECEIVERS, type(msg))
+        if handler is not None:
+            return handler(self, src, msg, now)
         reason = (f"gcs: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")
         return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=reason))]
+
+    def _on_group_request(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
+        return self.placement_groups.on_request(src, msg, now) + self._late_group(msg, now)
 
     def _on_driver_exit(self, src: Address, msg: DriverExitReport, now: Nanos) -> list[Msg]:
         """A job ended: its non-detached actors die, its non-detached groups are removed."""
@@ -267,41 +243,6 @@ class Gcs:
             return []
         return self.placement_groups.remove_created_by(msg.spec.creator, now)
 
-    def _on_actor_message(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
-        actors = self.actors
-        match msg:
-            case RegisterActor():
-                return actors.on_register(src, msg, now)
-            case PollActors():
-                return actors.on_poll(src, msg, now)
-            case GetNamedActor():
-                return actors.on_get_named(src, msg)
-            case KillActor():
-                return actors.on_kill(src, msg, now)
-            case ActorCreating():
-                return actors.on_creating(src, msg)
-            case ActorCreated():
-                return actors.on_created(src, msg, now)
-        return []
-
-    def _on_actor_lease(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
-        """Raylets answer the leases the GCS holds for actors."""
-        actors = self.actors
-        match msg:
-            case LeaseGranted():
-                return actors.on_lease_granted(src, msg, now)
-            case LeaseSpillback():
-                return actors.on_spillback(src, msg, now)
-            case LeaseRejected():
-                return actors.on_lease_rejected(src, msg, now)
-            case LeasedWorkerDied():
-                return actors.on_worker_died(msg, now)
-            case ReturnWorkerAck():
-                return actors.on_return_ack(msg)
-            case LeaseCheck():
-                return actors.on_lease_check(src, msg, now)
-        return []
-
     def check_invariants(self) -> None:
         """Raises ``InvariantViolation`` if the GCS's indexes disagree.
 
@@ -317,3 +258,50 @@ class Gcs:
         self.actors.check_invariants()
         self.placement_groups.check_invariants()
         self.jobs.check_invariants()
+
+
+# The GCS's handlers by input class and by message class (kernel/dispatch.py: a dict
+# probe on ``type(msg)`` instead of a ``match`` walking one isinstance per case).
+_GcsInputHandler = Callable[[Gcs, Msg, Nanos], list[Msg]]
+_INPUTS: dict[type, _GcsInputHandler] = {
+    Received: lambda gcs, event, now: gcs._on_received(event.src, event.msg, now),
+    TimerFired: lambda gcs, event, now: gcs._on_timer(event.key, now),
+    Started: lambda gcs, event, now: gcs._on_started(now),
+}
+
+_Receiver = Callable[[Gcs, Address, Msg, Nanos], list[Msg]]
+_RECEIVERS: dict[type, _Receiver] = {
+    Heartbeat: lambda gcs, src, msg, now: gcs.nodes.on_heartbeat(src, msg, now),
+    RegisterNode: lambda gcs, src, msg, now: gcs.nodes.on_register(src, msg, now),
+    SubscribeNodes: lambda gcs, src, msg, now: gcs.nodes.on_subscribe(src, msg, now),
+    UnregisterNode: lambda gcs, src, msg, now: gcs.nodes.on_unregister(src, msg),
+    **dict.fromkeys((KvPut, KvGet, KvDelete, KvList, KvExists),
+                    lambda gcs, src, msg, now: gcs.kv.on_request(src, msg)),
+    ResourceReport: lambda gcs, src, msg, now: gcs.resources.on_report(src, msg),
+    GetResourceView: lambda gcs, src, msg, now: [Send(dst=src, msg=ResourceViewReply(
+        request_id=msg.request_id, rows=gcs.resources.rows))],
+    # --- actors (issue #4) ---
+    RegisterActor: lambda gcs, src, msg, now: gcs.actors.on_register(src, msg, now),
+    PollActors: lambda gcs, src, msg, now: gcs.actors.on_poll(src, msg, now),
+    GetNamedActor: lambda gcs, src, msg, now: gcs.actors.on_get_named(src, msg),
+    KillActor: lambda gcs, src, msg, now: gcs.actors.on_kill(src, msg, now),
+    ActorCreating: lambda gcs, src, msg, now: gcs.actors.on_creating(src, msg),
+    ActorCreated: lambda gcs, src, msg, now: gcs.actors.on_created(src, msg, now),
+    # Raylets answer the leases the GCS holds for actors.
+    LeaseGranted: lambda gcs, src, msg, now: gcs.actors.on_lease_granted(src, msg, now),
+    LeaseSpillback: lambda gcs, src, msg, now: gcs.actors.on_spillback(src, msg, now),
+    LeaseRejected: lambda gcs, src, msg, now: gcs.actors.on_lease_rejected(src, msg, now),
+    LeasedWorkerDied: lambda gcs, src, msg, now: gcs.actors.on_worker_died(msg, now),
+    ReturnWorkerAck: lambda gcs, src, msg, now: gcs.actors.on_return_ack(msg),
+    LeaseCheck: lambda gcs, src, msg, now: gcs.actors.on_lease_check(src, msg, now),
+    # --- placement groups ---
+    **dict.fromkeys((CreatePlacementGroup, RemovePlacementGroup, GetPlacementGroup,
+                     ListPlacementGroups, WaitPlacementGroupReady),
+                    lambda gcs, src, msg, now: gcs._on_group_request(src, msg, now)),
+    BundlesPrepared: lambda gcs, src, msg, now: gcs.placement_groups.on_prepared(src, msg, now),
+    BundlesCommitted: lambda gcs, src, msg, now: gcs.placement_groups.on_committed(
+        src, msg, now),
+    BundlesReleased: lambda gcs, src, msg, now: gcs.placement_groups.on_released(src, msg),
+    DriverExitReport: lambda gcs, src, msg, now: gcs._on_driver_exit(src, msg, now),
+    Rejected: lambda gcs, src, msg, now: [],  # a peer refused something we sent; nothing to undo
+}

@@ -63,6 +63,8 @@ class DriverExits:
 
     def on_heartbeat(self) -> list[Msg]:
         """Retransmits every unacknowledged report."""
+        if not self._pending:
+            return []  # on every heartbeat: most have none
         return [self._report(driver, cause) for driver, cause in self._pending.items()]
 
     def on_ack(self, msg: DriverExitAck) -> list[Msg]:

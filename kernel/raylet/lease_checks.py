@@ -42,6 +42,8 @@ class LeaseChecker:
     def on_timer(self, granted: list[tuple[str, Address, int]],
                  now: Nanos) -> tuple[list[Msg], list[str]]:
         """Sends this round's checks; returns them and the leases whose owner went silent."""
+        if not granted and not self._misses:
+            return [self.arm(now)], []  # nothing granted: the next round is all there is
         by_owner: dict[Address, list[tuple[str, int]]] = {}
         misses: dict[str, int] = {}
         doomed: list[str] = []

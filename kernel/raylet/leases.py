@@ -203,6 +203,8 @@ class LeaseManager:
 
     def needs_view(self) -> bool:
         """Whether a fresher cluster view could place some pending request elsewhere."""
+        if not self._pending:
+            return False  # asked on every heartbeat: most have nothing pending
         return any(r.phase is RequestPhase.INFEASIBLE or self._spillable(r)
                    for r in self._pending.values())
 
@@ -646,6 +648,9 @@ class LeaseManager:
         """Raises ``InvariantViolation`` if the ledger, the pool and the requests disagree."""
         self.ledger.check_invariants()
         self.pool.check_invariants()
+        if not self._requests and not self._pending and not self._leases:
+            self._check_without_requests()  # the common idle case: the same checks, cheaper
+            return
         self._check_indexes()
         holders = sorted(r.lease_id for r in self._requests.values()
                          if r.phase in (RequestPhase.WAITING, RequestPhase.GRANTED))
@@ -665,6 +670,20 @@ class LeaseManager:
                     f"raylet leases: lease {request.lease_id!r} lent CPU of an unblocked worker")
         for worker in self.pool.workers:
             if worker.phase is WorkerPhase.LEASED and worker.lease_id not in self._leases:
+                raise InvariantViolation(f"raylet leases: worker {worker.worker_id!r} is leased "
+                                         f"to {worker.lease_id!r}, which is no lease")
+
+    def _check_without_requests(self) -> None:
+        """``check_invariants`` with no request, pending entry or lease: what its checks
+        come down to (empty indexes agree; nothing may hold resources but bundles, and
+        no worker may be leased), without building the sets and sorted lists."""
+        if len(self._finished) > self._config.finished_max:
+            raise InvariantViolation("raylet leases: the finished record is out of bounds")
+        if any(not h.startswith(BUNDLE_HOLDER_PREFIX) for h in self.ledger.holders):
+            raise InvariantViolation(f"raylet leases: leases [] but resources held by "
+                                     f"{sorted(self.ledger.holders)}")
+        for worker in self.pool.workers:
+            if worker.phase is WorkerPhase.LEASED:
                 raise InvariantViolation(f"raylet leases: worker {worker.worker_id!r} is leased "
                                          f"to {worker.lease_id!r}, which is no lease")
 

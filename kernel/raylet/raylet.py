@@ -36,11 +36,13 @@ serve are answered with ``Rejected``; a ``Rejected`` from a peer is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from random import Random
 
 import msgspec
 
 from shoal.kernel.buggify import DISABLED, Buggify
+from shoal.kernel.dispatch import handler_for
 from shoal.kernel.gcs.protocol import (
     NodeDeclaredDead,
     NodeInfo,
@@ -158,25 +160,19 @@ class Raylet:
 
     def handle(self, event: RayletInput, *, now: Nanos) -> list[Msg]:
         """Feeds one input to the raylet and returns the effects, in order."""
-        # Timers (half the inputs) are told apart by key, not by ``match``: each class
+        # Timers (half the inputs) and messages (most of the rest) are told apart by exact
+        # type, the rest through a table (kernel/dispatch.py), not by ``match``: each class
         # pattern is an isinstance call, slow for msgspec classes (their metaclass is
         # not ``type``).
-        is_timer = type(event) is TimerFired
+        event_type = type(event)
+        is_timer = event_type is TimerFired
         self._indexes_untouched = is_timer and event.key == HEARTBEAT_TIMER
         if is_timer:
             return self._on_timer(event.key, now)
-        match event:
-            case Received():
-                return self._on_received(event.src, event.msg, now)
-            case WorkerExited():
-                return self.leases.on_worker_exited(event, now)
-            case DriverExited():
-                return self._on_driver_exited(event, now)
-            case ObjectEvicted():
-                return self.objects.on_evicted(event.object_id)
-            case Started():
-                return self.membership.on_started(now) + [self.lease_checker.arm(now)]
-        return []
+        if event_type is Received:
+            return self._on_received(event.src, event.msg, now)
+        handler = handler_for(_INPUTS, event_type)
+        return handler(self, event, now) if handler is not None else []
 
     def _on_driver_exited(self, event: DriverExited, now: Nanos) -> list[Msg]:
         if not self.drivers.is_local_driver(event.driver):
@@ -208,57 +204,36 @@ class Raylet:
         return effects
 
     def _on_received(self, src: Address, msg: Msg, now: Nanos) -> list[Msg]:
-        leases = self.leases
-        match msg:
-            case RequestWorkerLease() if self.bundles.refusal(msg.shape):  # placement groups
-                return [Send(dst=src, msg=LeaseRejected(request_id=msg.request_id, reason=(
-                    f"raylet {self.node_id!r} refused lease request {msg.request_id} of "
-                    f"{src}: {self.bundles.refusal(msg.shape)}")))]
-            case RequestWorkerLease() if self.drivers.exited(src):
-                return []  # sent before its driver exited, delivered after: nobody to grant
-            case RequestWorkerLease():
-                return leases.on_request(src, msg, now)
-            case ReturnWorker():
-                return leases.on_return(src, msg, now)
-            # Each class pattern costs an isinstance call, slow for msgspec classes
-            # (their metaclass is not ``type``): the frequent messages come first.
-            case ResourceViewUpdate() if src == self.config.gcs:
-                self.reporter.on_update(msg)
-                return leases.on_view_changed(now) if self.cluster.apply(msg) else []
-            case NodeTableUpdate() | NodeRegistered() | NodeDeclaredDead():
-                return self._on_membership(msg, now)
-            case CancelLeaseRequest():
-                return leases.on_cancel(src, msg, now)
-            case RegisterWorker():
-                return leases.on_register(src, msg, now)
-            case WorkerBlocked():
-                return leases.on_blocked(src, msg.worker_id, True, now)
-            case WorkerUnblocked():
-                return leases.on_blocked(src, msg.worker_id, False, now)
-            case LeaseCheckReply():
-                return [e for lease_id in self.lease_checker.on_reply(msg)
-                        for e in self.leases.release(lease_id, now)]
-            case PrepareBundles() | CommitBundles() | ReleaseBundles():
-                return self.bundles.on_message(src, msg, now)
-            case PullObject():
-                return self.objects.on_pull(src, msg, now)
-            case PinObject():
-                return self.objects.on_pin(msg)
-            case ObjectChunk():
-                return self.objects.on_chunk(msg, now)
-            case RequestObject():
-                return self.objects.on_request(src, msg)
-            case FreeObjects():
-                return self.objects.on_free(msg)
-            case ObjectMissing():
-                return self.objects.on_missing(src, msg, now)
-            case DriverExitAck() if src == self.config.gcs:
-                return self.drivers.on_ack(msg)
-            case Rejected():
-                return []
+        handler = _RECEIVERS.get(type(msg)) or handler_for(_RECEIVERS, type(msg))
+        return handler(self, src, msg, now) if handler is not None else self._reject(src, msg)
+
+    def _reject(self, src: Address, msg: Msg) -> list[Msg]:
         reason = (f"raylet {self.node_id!r}: does not serve {type(msg).__name__} messages; "
                   "send it to the component that owns it")
         return [Send(dst=src, msg=Rejected(request_type=type(msg).__name__, reason=reason))]
+
+    def _on_lease_request(self, src: Address, msg: RequestWorkerLease, now: Nanos) -> list[Msg]:
+        refusal = self.bundles.refusal(msg.shape)  # placement groups
+        if refusal:
+            return [Send(dst=src, msg=LeaseRejected(request_id=msg.request_id, reason=(
+                f"raylet {self.node_id!r} refused lease request {msg.request_id} of "
+                f"{src}: {refusal}")))]
+        if self.drivers.exited(src):
+            return []  # sent before its driver exited, delivered after: nobody to grant
+        return self.leases.on_request(src, msg, now)
+
+    def _on_view_update(self, src: Address, msg: ResourceViewUpdate, now: Nanos) -> list[Msg]:
+        if src != self.config.gcs:
+            return self._reject(src, msg)  # only the GCS publishes the resource view
+        self.reporter.on_update(msg)
+        return self.leases.on_view_changed(now) if self.cluster.apply(msg) else []
+
+    def _on_driver_exit_ack(self, src: Address, msg: DriverExitAck, now: Nanos) -> list[Msg]:
+        return self.drivers.on_ack(msg) if src == self.config.gcs else self._reject(src, msg)
+
+    def _on_lease_check_reply(self, msg: LeaseCheckReply, now: Nanos) -> list[Msg]:
+        return [e for lease_id in self.lease_checker.on_reply(msg)
+                for e in self.leases.release(lease_id, now)]
 
     def _on_membership(self, msg: Msg, now: Nanos) -> list[Msg]:
         membership = self.membership
@@ -304,8 +279,8 @@ class Raylet:
         effects += self.drivers.on_heartbeat()
         pool = self.leases.pool
         departed = (pool.departed_total, pool.departed_after(self.reporter.departed_acked))
-        report = self.reporter.on_tick(self.incarnation, self.leases.ledger, self.cluster,
-                                       self.leases.needs_view(), departed)
+        report = self.reporter.on_tick(self.membership.incarnation, self.leases.ledger,
+                                       self.cluster, self.leases.needs_view(), departed)
         if report is not None:
             effects.append(Send(dst=self.config.gcs, msg=report))
         return effects
@@ -329,3 +304,41 @@ class Raylet:
         self.leases.check_invariants()
         self.objects.check_invariants()
         self.bundles.check_invariants()
+
+
+# The raylet's handlers by host input and by message class (kernel/dispatch.py: a dict
+# probe on ``type(msg)`` instead of a ``match`` walking one isinstance per case).
+# Timers and ``Received`` (nearly every input) are told apart before this table.
+_INPUTS: dict[type, Callable[[Raylet, Msg, Nanos], list[Msg]]] = {
+    Received: lambda raylet, event, now: raylet._on_received(event.src, event.msg, now),
+    WorkerExited: lambda raylet, event, now: raylet.leases.on_worker_exited(event, now),
+    DriverExited: lambda raylet, event, now: raylet._on_driver_exited(event, now),
+    ObjectEvicted: lambda raylet, event, now: raylet.objects.on_evicted(event.object_id),
+    Started: lambda raylet, event, now: (raylet.membership.on_started(now)
+                                         + [raylet.lease_checker.arm(now)]),
+}
+
+_RECEIVERS: dict[type, Callable[[Raylet, Address, Msg, Nanos], list[Msg]]] = {
+    RequestWorkerLease: lambda raylet, src, msg, now: raylet._on_lease_request(src, msg, now),
+    ReturnWorker: lambda raylet, src, msg, now: raylet.leases.on_return(src, msg, now),
+    ResourceViewUpdate: lambda raylet, src, msg, now: raylet._on_view_update(src, msg, now),
+    **dict.fromkeys((NodeTableUpdate, NodeRegistered, NodeDeclaredDead),
+                    lambda raylet, src, msg, now: raylet._on_membership(msg, now)),
+    CancelLeaseRequest: lambda raylet, src, msg, now: raylet.leases.on_cancel(src, msg, now),
+    RegisterWorker: lambda raylet, src, msg, now: raylet.leases.on_register(src, msg, now),
+    WorkerBlocked: lambda raylet, src, msg, now: raylet.leases.on_blocked(
+        src, msg.worker_id, True, now),
+    WorkerUnblocked: lambda raylet, src, msg, now: raylet.leases.on_blocked(
+        src, msg.worker_id, False, now),
+    LeaseCheckReply: lambda raylet, src, msg, now: raylet._on_lease_check_reply(msg, now),
+    **dict.fromkeys((PrepareBundles, CommitBundles, ReleaseBundles),  # placement groups
+                    lambda raylet, src, msg, now: raylet.bundles.on_message(src, msg, now)),
+    PullObject: lambda raylet, src, msg, now: raylet.objects.on_pull(src, msg, now),
+    PinObject: lambda raylet, src, msg, now: raylet.objects.on_pin(msg),
+    ObjectChunk: lambda raylet, src, msg, now: raylet.objects.on_chunk(msg, now),
+    RequestObject: lambda raylet, src, msg, now: raylet.objects.on_request(src, msg),
+    FreeObjects: lambda raylet, src, msg, now: raylet.objects.on_free(msg),
+    ObjectMissing: lambda raylet, src, msg, now: raylet.objects.on_missing(src, msg, now),
+    DriverExitAck: lambda raylet, src, msg, now: raylet._on_driver_exit_ack(src, msg, now),
+    Rejected: lambda raylet, src, msg, now: [],
+}

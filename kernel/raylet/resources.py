@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from shoal.kernel.errors import InvariantViolation, KernelError
 from shoal.kernel.gcs.protocol import NodeInfo, Resources
-from shoal.kernel.gcs.resource_protocol import ResourceReport, ResourceViewUpdate
+from shoal.kernel.gcs.resource_protocol import NodeResources, ResourceReport, ResourceViewUpdate
 from shoal.kernel.ids import NodeId, WorkerId
 from shoal.kernel.messages import Address
 
@@ -236,6 +236,9 @@ class ClusterView:
         self.version = 0
         self.entries: dict[NodeId, _ViewEntry] = {}
         self.departed: dict[Address, None] = {}
+        # Each node's last applied row and its units: most rows of an update are the same
+        # as last time, and comparing a row is cheaper than converting it.
+        self._converted: dict[NodeId, tuple[NodeResources, Units, Units]] = {}
 
     def apply(self, update: ResourceViewUpdate) -> bool:
         """Applies ``update`` if it is next in order (or a newer snapshot); returns whether."""
@@ -246,12 +249,28 @@ class ClusterView:
             self.entries = {}
         elif not (same_epoch and update.from_version <= self.version < update.to_version):
             return False
+        converted = self._converted
+        if update.full:  # forget rows of nodes the snapshot no longer has
+            self._converted = converted = {row.node_id: converted[row.node_id]
+                                           for row in update.entries if row.node_id in converted}
         for node_id in update.removed:
             self.entries.pop(node_id, None)
+            converted.pop(node_id, None)
+        entries = self.entries
         for row in update.entries:
-            self.entries[row.node_id] = _ViewEntry(
-                incarnation=row.incarnation, total=to_units(row.total),
-                available=to_units(row.available))
+            last = converted.get(row.node_id)
+            if last is None or last[0] != row:
+                last = converted[row.node_id] = (row, to_units(row.total),
+                                                 to_units(row.available))
+            else:
+                entry = entries.get(row.node_id)
+                if (entry is not None and entry.total is last[1]
+                        and entry.incarnation == row.incarnation
+                        and entry.available == last[2]):
+                    continue  # the entry already says exactly what this row says
+            # ``total`` is only read; ``available`` is a copy, as ``reserve`` changes it.
+            entries[row.node_id] = _ViewEntry(
+                incarnation=row.incarnation, total=last[1], available=dict(last[2]))
         for worker in update.departed:
             self.departed[worker] = None
         while len(self.departed) > DEPARTED_MAX:

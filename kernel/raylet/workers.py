@@ -200,6 +200,8 @@ class WorkerPool:
 
     def departed_after(self, count: int) -> tuple[WorkerId, ...]:
         """Ids of the registered workers removed after the first ``count`` (as far as kept)."""
+        if count >= self.departed_total:
+            return ()  # asked on every heartbeat: most have nothing new
         skip = count - (self.departed_total - len(self._departed))
         return tuple(self._departed[max(skip, 0):])
 
@@ -270,6 +272,8 @@ class WorkerPool:
                 frm.value if frm else "new", expected)
 
     def check_invariants(self) -> None:
+        if not self._workers and not self._idle:
+            return  # no worker: nothing below can disagree (the common case on idle nodes)
         for worker in self._workers.values():
             name = f"raylet workers: worker {worker.worker_id!r}"
             if worker.phase is WorkerPhase.DEAD:

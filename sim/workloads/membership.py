@@ -139,11 +139,13 @@ class MembershipWorkload:
         assert isinstance(raylet, Raylet)
         node_id = raylet.node_id
         view = raylet.membership.view
-        boot, version, seen = self._views.get(node_id, (0, 0, {}))
-        if boot != proc.boot:
+        last = self._views.get(node_id)
+        if last is not None and last[0] == proc.boot:
+            if view.version == last[1]:
+                return  # nothing applied this step: the view is as last checked
+            boot, version, seen = last
+        else:
             boot, version, seen = proc.boot, 0, {}
-        elif view.version == version:
-            return  # nothing applied this step: the view is as last checked
         if view.version < version:
             self._sim.violation(f"raylet {node_id!r}: node-table view went back from "
                                 f"version {version} to {view.version}")

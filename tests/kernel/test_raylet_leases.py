@@ -5,7 +5,7 @@ from __future__ import annotations
 from random import Random
 
 import pytest
-from shoal.kernel.errors import InvalidTransition
+from shoal.kernel.errors import InvalidTransition, InvariantViolation
 from shoal.kernel.gcs import gcs_address
 from shoal.kernel.gcs.protocol import (
     Heartbeat,
@@ -51,7 +51,7 @@ from shoal.kernel.raylet.protocol import (
     WorkerExited,
     WorkerUnblocked,
 )
-from shoal.kernel.raylet.workers import IDLE_SWEEP_TIMER, WorkerPoolConfig
+from shoal.kernel.raylet.workers import IDLE_SWEEP_TIMER, WorkerPhase, WorkerPoolConfig
 from shoal.kernel.task_spec import NodeAffinity
 
 N1, N2, N3, N4 = NodeId("n1"), NodeId("n2"), NodeId("n3"), NodeId("n4")
@@ -666,3 +666,21 @@ def test_error_messages_pin_the_component_prefix() -> None:
             r"^raylet leases: cannot move request to waiting \(Address.*, 1\) in phase "
             r"granted; expected queued$")):
         raylet.leases._move(request_1, RequestPhase.WAITING)
+
+
+def test_the_check_of_a_raylet_with_no_requests_still_catches_a_broken_ledger_or_pool() -> None:
+    # With no request, pending entry or lease the check takes a shorter path: it must
+    # still see resources held by no lease and a worker leased to no lease.
+    raylet = make_raylet()
+    leased(raylet)
+    step(raylet, give_back(1))  # idle again: one idle worker, nothing requested
+    raylet.leases.ledger.acquire("n1.b1.l7", {"CPU": 1})
+    with pytest.raises(InvariantViolation, match=r"^raylet leases: leases \[\] but resources"):
+        raylet.check_invariants()
+    raylet.leases.ledger.release("n1.b1.l7")
+    raylet.check_invariants()
+    (idle,) = raylet.leases.pool.workers
+    idle.phase, idle.lease_id = WorkerPhase.LEASED, "n1.b1.l7"
+    raylet.leases.pool._idle.pop(idle.worker_id)
+    with pytest.raises(InvariantViolation, match=r"is leased to 'n1.b1.l7', which is no lease"):
+        raylet.check_invariants()
