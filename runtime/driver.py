@@ -169,12 +169,12 @@ class CoreWorkerRuntime:
             return False
         return loop.post_from_thread([(self.address, event) for event in events], run=run)
 
-    def run_posted(self) -> None:
+    def run_posted(self, *, inline: bool = True) -> None:
         """Has what was posted handled (see ``KernelLoop.run_posted``). Hold no lock
         that a host effect takes: the round may run here and carry them out."""
         loop = self.loop
         if loop is not None:
-            loop.run_posted()
+            loop.run_posted(inline=inline)
 
     def run_in_loop(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in the trio thread and returns its result (blocks the caller)."""
@@ -453,7 +453,13 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
 
     # --- inputs to the kernel ---------------------------------------------------
 
-    def _post(self, event: Msg | None) -> None:
+    def _post(self, event: Msg | None, *, inline: bool = True) -> None:
+        """Hands ``event`` (after the ref changes recorded before it) to the kernel.
+
+        Args:
+            inline: run the kernel's round in this thread if it is free; False for
+                inputs nobody waits on (a put), which trio then takes in batches.
+        """
         with self._lock:  # ref changes and the event are queued in the order they happened
             events = self._take_refs()
             if event is not None:
@@ -462,7 +468,7 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
                 return
             if not self._runtime.post(events, run=False) and event is not None:
                 raise RaySystemError(self._lost or "the core worker's loop is not running")
-        self._runtime.run_posted()  # outside the lock: the round's effects may take it
+        self._runtime.run_posted(inline=inline)  # outside the lock: effects may take it
 
     def _take_refs(self) -> list[Msg]:
         refs = self._refs
@@ -498,8 +504,8 @@ class ProdWorkerContext(ProdActorContext, ProdAsyncObjects, ProdPlacementGroupCo
 
     def put_object(self, object_id: ObjectId, payload: Payload) -> None:
         self._check_alive()
-        if len(payload.data) <= INLINE_BYTES_MAX:
-            self._post(ObjectPut(object_id=object_id, value=payload))
+        if len(payload.data) <= INLINE_BYTES_MAX:  # nobody waits on a put: trio batches them
+            self._post(ObjectPut(object_id=object_id, value=payload), inline=False)
             return
         stored, size = self.objects.store(object_id, payload)  # sealed before the kernel hears
         self._post(ObjectPut(object_id=object_id, value=stored, stored=True, size=size))

@@ -301,9 +301,10 @@ class KernelLoop:
             ext.items.extend(items)
         return self.run_posted() if run else True
 
-    def run_posted(self) -> bool:
-        """Has the posted inputs handled: inline if it can, else by waking the loop."""
-        if self._inline and self._run_inline():
+    def run_posted(self, *, inline: bool = True) -> bool:
+        """Has the posted inputs handled: inline if it can (and ``inline``), else by
+        waking the loop (which then takes every input posted meanwhile in one round)."""
+        if inline and self._inline and self._run_inline():
             return True
         ext = self._external
         with ext.lock:
