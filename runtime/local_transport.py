@@ -108,7 +108,6 @@ class FramedStream:
 
     def __init__(self, stream: trio.SocketStream, frame_bytes_max: int) -> None:
         self.stream = stream
-        self._max = frame_bytes_max
         self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
 
@@ -122,10 +121,8 @@ class FramedStream:
             if self._buffer:
                 raise FrameError("the stream ended in the middle of a frame header")
             return None
-        (length,) = _HEADER.unpack_from(self._buffer)
-        if length > self._max:
-            raise FrameError(f"frame of {length} bytes is over the limit of {self._max}")
-        end = _HEADER.size + length
+        end = frame_end(self._buffer, 0, self.frame_bytes_max)
+        assert end is not None  # the header is in
         if not await self._fill(end):
             raise FrameError("the stream ended in the middle of a frame")
         frame = bytes(memoryview(self._buffer)[_HEADER.size:end])
@@ -159,6 +156,20 @@ BatchHandler = Callable[["Connection", list[Envelope]], None]
 READ_CHUNK = 1 << 16
 
 
+def frame_end(buffer: bytearray, start: int, frame_bytes_max: int) -> int | None:
+    """Where the frame at ``start`` of ``buffer`` ends; None while its header is not in.
+
+    Raises:
+        FrameError: its length is over ``frame_bytes_max`` (said before its body is read).
+    """
+    if len(buffer) - start < _HEADER.size:
+        return None
+    (length,) = _HEADER.unpack_from(buffer, start)
+    if length > frame_bytes_max:
+        raise FrameError(f"frame of {length} bytes is over the limit of {frame_bytes_max}")
+    return start + _HEADER.size + length
+
+
 def split_frames(buffer: bytearray, frame_bytes_max: int) -> list[bytes]:
     """Takes the complete frames off the front of ``buffer``.
 
@@ -166,14 +177,8 @@ def split_frames(buffer: bytearray, frame_bytes_max: int) -> list[bytes]:
         FrameError: a frame's length is over ``frame_bytes_max``.
     """
     frames: list[bytes] = []
-    start, size = 0, len(buffer)
-    while size - start >= _HEADER.size:
-        (length,) = _HEADER.unpack_from(buffer, start)
-        if length > frame_bytes_max:
-            raise FrameError(f"frame of {length} bytes is over the limit of {frame_bytes_max}")
-        end = start + _HEADER.size + length
-        if end > size:
-            break
+    start = 0
+    while (end := frame_end(buffer, start, frame_bytes_max)) is not None and end <= len(buffer):
         frames.append(bytes(memoryview(buffer)[start + _HEADER.size:end]))
         start = end
     del buffer[:start]
