@@ -170,6 +170,7 @@ class DirectLinks:
         self._nursery: trio.Nursery | None = None
         self.listen_path = ""
         self.stats = LinkStats()
+        self._readers = trio.CapacityLimiter(READER_THREADS_MAX)  # a thread per link
 
     # --- sending -------------------------------------------------------------
 
@@ -356,7 +357,6 @@ class DirectLinks:
 
     async def run(self, *, listen: bool, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Runs the links (and, for a worker, the listener) until cancelled."""
-        self._readers = trio.CapacityLimiter(READER_THREADS_MAX)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
